@@ -1,0 +1,308 @@
+"""The one model interface every jaxviz technique takes.
+
+A `Model` is a pure function `apply(params, images) -> {layer name: activation}` plus a small
+description: the layer names in order, kernel/stride/padding of each spatial layer (for receptive
+fields), the input preprocessing and the class-score layer. VGG, AlexNet, the small digits network
+and a user's own Flax module (`jaxviz.models.from_flax`) are all `Model`s; techniques only ever see
+this interface.
+
+Conventions:
+  * images at the API are floating point NHWC in [0, 1], `[N, H, W, C]`; the model's own
+    mean/std normalisation happens inside `Model.apply`, once;
+  * activations are NHWC for spatial layers and `[N, D]` for fully connected ones;
+  * `params` is a plain pytree (for the built-in models `{layer: {"kernel": ..., "bias": ...}}`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any
+
+#: Layer kinds whose output is a spatial map with a receptive field in the input.
+SPATIAL_KINDS = ("conv", "bn", "relu", "pool", "act")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """Description of one named layer.
+
+    Attributes:
+      name: activation name, e.g. `"conv1_1"`, `"relu1_1"`, `"pool1"`, `"fc6"`.
+      kind: `"conv"`, `"bn"`, `"relu"`, `"pool"` (max, or average with `pool="avg"`),
+        `"adaptive_avgpool"`, `"fc"`, or `"act"` (any other pointwise layer).
+        Receptive fields are defined for the spatial kinds only (`SPATIAL_KINDS`).
+      channels: number of output channels / features (`None` if unknown).
+      kernel, stride, padding: `(h, w)` window geometry of conv and pool layers; `(1, 1)`, `(1, 1)`,
+        `(0, 0)` for pointwise layers.
+      output_size: `(h, w)` of an adaptive pooling layer.
+    """
+
+    name: str
+    kind: str
+    channels: Optional[int] = None
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_size: Optional[tuple[int, int]] = None
+
+    @property
+    def spatial(self) -> bool:
+        return self.kind in SPATIAL_KINDS
+
+
+# Signature of `Model.apply_fn`: (params, preprocessed images, until, relu, pool) -> activations.
+ApplyFn = Callable[..., dict]
+
+
+def _default_relu(x):
+    return jax.nn.relu(x)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A CNN as a pure function plus its description. Hashable (by identity), so it can be a static
+    argument of `jax.jit` or closed over.
+
+    Attributes:
+      name: architecture name (`"vgg16"`, `"alexnet"`, `"digits"`, or a user's).
+      layers: `LayerSpec`s in forward order; `apply` returns activations under these names.
+      apply_fn: `apply_fn(params, x, *, until, relu, pool)` on *preprocessed* `x`; use `apply`.
+      init_fn: `init_fn(key) -> params` with random weights of the right shapes, or `None`.
+      mean, std: per-channel normalisation applied inside `apply`: `(x - mean) / std`.
+      input_size: `(H, W)` the network was trained at (any size the architecture admits works).
+      min_size: smallest `(H, W)` for which every layer has a non-empty output.
+      in_channels: image channels (3 for RGB).
+      logits: name of the layer holding the unnormalised class scores, or `None`.
+      features: default embedding layer for nearest neighbours / t-SNE (e.g. `"fc7"`).
+      class_names: one name per class, or `None`.
+      swappable_relu: whether `apply(..., relu=f)` replaces the network's ReLUs (guided backprop).
+      pool_modes: pooling modes `apply(..., pool=...)` accepts.
+    """
+
+    name: str
+    layers: tuple[LayerSpec, ...]
+    apply_fn: ApplyFn
+    init_fn: Optional[Callable[[Array], Params]] = None
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    input_size: tuple[int, int] = (224, 224)
+    min_size: tuple[int, int] = (1, 1)
+    in_channels: int = 3
+    logits: Optional[str] = None
+    features: Optional[str] = None
+    class_names: Optional[tuple[str, ...]] = None
+    swappable_relu: bool = True
+    pool_modes: tuple[str, ...] = ("max",)
+
+    # ----------------------------------------------------------------- description
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.layers)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        if self.logits is None:
+            return None
+        return self.layer(self.logits).channels
+
+    def layer(self, name: str) -> LayerSpec:
+        """The `LayerSpec` called `name`; a `KeyError` naming the valid layers otherwise."""
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.name} has no layer {name!r}; its layers are: {', '.join(self.layer_names)}")
+
+    def index(self, name: str) -> int:
+        self.layer(name)
+        return self.layer_names.index(name)
+
+    @property
+    def trunk(self) -> tuple[str, ...]:
+        """Names of the leading spatial layers (the convolutional trunk, any input size)."""
+        names = []
+        for spec in self.layers:
+            if not spec.spatial:
+                break
+            names.append(spec.name)
+        return tuple(names)
+
+    # ----------------------------------------------------------------- computation
+    def preprocess(self, images: Array) -> Array:
+        """`(images - mean) / std` per channel; `images: [N, H, W, C]` in [0, 1]."""
+        dtype = images.dtype
+        mean = jnp.asarray(self.mean, dtype).reshape(1, 1, 1, -1)
+        std = jnp.asarray(self.std, dtype).reshape(1, 1, 1, -1)
+        return (images - mean) / std
+
+    def check_images(self, images: Array) -> None:
+        """Raise a `ValueError` that says what is wrong unless `images` is `[N, H, W, C]`, floating."""
+        shape = getattr(images, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ValueError(
+                f"{self.name} expects a batch of images [N, H, W, {self.in_channels}] (NHWC, values in [0, 1]); "
+                f"got shape {shape}. Add a batch axis with images[None] for a single image."
+            )
+        if shape[-1] != self.in_channels:
+            hint = " (NCHW? jaxviz is NHWC: transpose with x.transpose(0, 2, 3, 1))" if shape[1] == self.in_channels else ""
+            raise ValueError(
+                f"{self.name} expects {self.in_channels} channels in the last axis; got shape {tuple(shape)}{hint}."
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ValueError(
+                f"{self.name} expects floating-point images in [0, 1]; got dtype {images.dtype}. "
+                "Convert uint8 images with images.astype('float32') / 255."
+            )
+        if shape[1] < self.min_size[0] or shape[2] < self.min_size[1]:
+            raise ValueError(
+                f"{self.name} needs images of at least {self.min_size[0]}x{self.min_size[1]} pixels; "
+                f"got {shape[1]}x{shape[2]}."
+            )
+
+    def apply(
+        self,
+        params: Params,
+        images: Array,
+        *,
+        until: Optional[str] = None,
+        relu: Optional[Callable[[Array], Array]] = None,
+        pool: Optional[str] = None,
+    ) -> dict[str, Array]:
+        """Run the network and return its named activations.
+
+        Args:
+          params: parameter pytree (from `init`, `jaxviz.load_params` or training).
+          images: `[N, H, W, C]` floating point in [0, 1]; normalised here with `mean`/`std`.
+          until: stop after this layer (inclusive): style or inversion work need not pay for the
+            classifier, and `until=model.trunk[-1]` runs the convolutional trunk at any size.
+          relu: replacement for every ReLU of the network (e.g. guided backprop's `custom_vjp`
+            ReLU); `None` keeps `jax.nn.relu`.
+          pool: `"max"` (the network as trained) or `"avg"` (average pooling with the same windows,
+            used by texture and style synthesis), if the model supports it (`pool_modes`).
+
+        Returns:
+          `{name: activation}` for every layer up to `until`, in forward order; spatial activations
+          `[N, h, w, C]`, fully connected ones `[N, D]`.
+        """
+        self.check_images(images)
+        if until is not None:
+            self.layer(until)
+        if relu is not None and not self.swappable_relu:
+            raise ValueError(
+                f"{self.name}'s ReLU cannot be swapped (needed by guided backprop and the deconvnet rule). "
+                "For a Flax module, give it an activation attribute and pass relu_attr= to jaxviz.models.from_flax."
+            )
+        pool = "max" if pool is None else pool
+        if pool not in self.pool_modes:
+            raise ValueError(f"{self.name} supports pool in {self.pool_modes}; got {pool!r}.")
+        return self.apply_fn(
+            params,
+            self.preprocess(images),
+            until=until,
+            relu=_default_relu if relu is None else relu,
+            pool=pool,
+        )
+
+    __call__ = apply
+
+    def init(self, key: Array) -> Params:
+        """Random parameters of the right shapes (the initialisation the model's source uses)."""
+        if self.init_fn is None:
+            raise ValueError(f"{self.name} has no random initialiser")
+        return self.init_fn(key)
+
+    def param_shapes(self) -> Params:
+        """`jax.ShapeDtypeStruct` pytree of the parameters, without allocating them."""
+        return jax.eval_shape(self.init, jax.random.key(0))
+
+    def scores(self, params: Params, images: Array, **kwargs) -> Array:
+        """Unnormalised class scores `[N, num_classes]` (the `logits` layer)."""
+        if self.logits is None:
+            raise ValueError(f"{self.name} has no class-score layer")
+        return self.apply(params, images, until=self.logits, **kwargs)[self.logits]
+
+
+# --------------------------------------------------------------------------- receptive fields
+@dataclasses.dataclass(frozen=True)
+class ReceptiveField:
+    """Where a unit of a spatial layer looks in the input image.
+
+    The unit at output position `(i, j)` sees input rows `i * stride[0] - offset[0]` to
+    `i * stride[0] - offset[0] + size[0] - 1` (inclusive), and likewise for columns; rows outside
+    `[0, H)` are the zero padding.
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def box(self, i, j):
+        """`(top, left, bottom, right)` of unit `(i, j)`, bottom/right exclusive, may lie outside."""
+        top = i * self.stride[0] - self.offset[0]
+        left = j * self.stride[1] - self.offset[1]
+        return top, left, top + self.size[0], left + self.size[1]
+
+
+def receptive_field(model: Model, layer: str) -> ReceptiveField:
+    """Receptive field of `layer`'s units, computed from the layers' kernels, strides and padding.
+
+    Uses the standard recurrence over the layers up to `layer`: size grows by `(k - 1) * jump`,
+    the jump (input pixels between neighbouring units) multiplies by the stride, and the offset grows
+    by `padding * jump`.
+
+    Raises:
+      ValueError: `layer` is not spatial (a fully connected unit sees the whole image).
+    """
+    idx = model.index(layer)
+    size, jump, offset = [1, 1], [1, 1], [0, 0]
+    for spec in model.layers[: idx + 1]:
+        if not spec.spatial:
+            raise ValueError(
+                f"{layer!r} comes after the non-spatial layer {spec.name!r} ({spec.kind}): its units see the "
+                f"whole image. Receptive fields exist for {', '.join(model.trunk)}."
+            )
+        for a in range(2):
+            size[a] += (spec.kernel[a] - 1) * jump[a]
+            offset[a] += spec.padding[a] * jump[a]
+            jump[a] *= spec.stride[a]
+    return ReceptiveField(tuple(size), tuple(jump), tuple(offset))
+
+
+def spatial_shape(model: Model, layer: str, image_size: Sequence[int]) -> tuple[int, int]:
+    """`(h, w)` of `layer`'s activation for an input of `image_size = (H, W)` (no computation)."""
+    idx = model.index(layer)
+    h, w = image_size
+    for spec in model.layers[: idx + 1]:
+        if not spec.spatial:
+            raise ValueError(f"{layer!r} is not a spatial layer")
+        h = (h + 2 * spec.padding[0] - spec.kernel[0]) // spec.stride[0] + 1
+        w = (w + 2 * spec.padding[1] - spec.kernel[1]) // spec.stride[1] + 1
+    return h, w
+
+
+def describe(model: Model, params: Optional[Params] = None, image_size: Optional[Sequence[int]] = None) -> list[dict]:
+    """One dict per layer: name, kind, output shape for `image_size` (default `model.input_size`),
+    receptive field size/stride for spatial layers and parameter count if `params` is given."""
+    image_size = tuple(image_size or model.input_size)
+    shapes = jax.eval_shape(
+        lambda x: model.apply(params if params is not None else model.param_shapes(), x),
+        jax.ShapeDtypeStruct((1, *image_size, model.in_channels), jnp.float32),
+    ) if params is not None or model.init_fn is not None else {}
+    rows = []
+    for spec in model.layers:
+        row: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
+        if spec.name in shapes:
+            row["shape"] = tuple(shapes[spec.name].shape[1:])
+        if spec.spatial:
+            rf = receptive_field(model, spec.name)
+            row["receptive_field"] = rf.size
+            row["rf_stride"] = rf.stride
+        if params is not None and isinstance(params, Mapping) and spec.name in params:
+            row["params"] = int(sum(x.size for x in jax.tree_util.tree_leaves(params[spec.name])))
+        rows.append(row)
+    return rows

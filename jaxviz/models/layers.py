@@ -1,0 +1,130 @@
+"""Stateless layer functions on NHWC arrays, with torch's semantics.
+
+Every function here is pure and shape-static, so it traces once under `jit` and maps under `vmap`.
+Parameters are cast to the activations' dtype, so float64 images give a float64 forward pass (used
+for gradient parity checks) and bfloat16 images a bfloat16 one.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def _as_channels(v, x):
+    # Explicit [1, ..., 1, C] shape: no implicit rank promotion.
+    return jnp.asarray(v, x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0)):
+    """2-D convolution (cross-correlation, like torch) with zero padding.
+
+    Args:
+      x: `[N, H, W, C_in]`.
+      kernel: `[kh, kw, C_in, C_out]` (HWIO).
+      bias: `[C_out]`.
+      stride, padding: `(sh, sw)`, `(ph, pw)`, symmetric zero padding as in `torch.nn.Conv2d`.
+
+    Returns:
+      `[N, H', W', C_out]` with `H' = (H + 2 ph - kh) // sh + 1`.
+    """
+    y = lax.conv_general_dilated(
+        x,
+        jnp.asarray(kernel, x.dtype),
+        window_strides=tuple(stride),
+        padding=[(padding[0], padding[0]), (padding[1], padding[1])],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + _as_channels(bias, y)
+
+
+def linear(x, kernel, bias):
+    """`x @ kernel + bias` with `x: [N, D_in]`, `kernel: [D_in, D_out]`, `bias: [D_out]`."""
+    y = x @ jnp.asarray(kernel, x.dtype)
+    return y + _as_channels(bias, y)
+
+
+def batch_norm(x, scale, bias, mean, var, *, eps=1e-5):
+    """Inference-mode batch norm with running statistics (torch's `BatchNorm2d.eval()`)."""
+    inv = lax.rsqrt(jnp.asarray(var, x.dtype) + jnp.asarray(eps, x.dtype))
+    return (x - _as_channels(mean, x)) * _as_channels(inv * jnp.asarray(scale, x.dtype), x) + _as_channels(
+        bias, x
+    )
+
+
+def _pool_out(size, window, stride):
+    return (size - window) // stride + 1
+
+
+def _window_slices(x, window, stride):
+    """Yield the `window[0] * window[1]` strided views whose elementwise reduction is the pooling."""
+    _, h, w, _ = x.shape
+    ho, wo = _pool_out(h, window[0], stride[0]), _pool_out(w, window[1], stride[1])
+    for i in range(window[0]):
+        for j in range(window[1]):
+            yield x[:, i : i + stride[0] * (ho - 1) + 1 : stride[0], j : j + stride[1] * (wo - 1) + 1 : stride[1], :]
+
+
+def _tiles(x, window):
+    """Non-overlapping windows as two extra axes; floor mode drops the ragged edge like torch."""
+    n, h, w, c = x.shape
+    ho, wo = h // window[0], w // window[1]
+    x = x[:, : ho * window[0], : wo * window[1], :]
+    return x.reshape(n, ho, window[0], wo, window[1], c)
+
+
+def max_pool(x, window=(2, 2), stride=(2, 2)):
+    """Max pooling, no padding, floor mode (torch's `MaxPool2d(window, stride)`).
+
+    Non-overlapping windows use reshape + max, whose gradient XLA computes far faster on CPU than
+    `reduce_window`'s select-and-scatter; overlapping ones (AlexNet's 3x3/2) an elementwise max of
+    strided views. Gradients at exact ties are shared between the tied inputs (torch gives all to the
+    first); with continuous inputs this only happens where ReLU has zeroed a whole window, and then
+    the ReLU's own gradient is zero anyway.
+    """
+    window, stride = tuple(window), tuple(stride)
+    if window == stride:
+        return _tiles(x, window).max(axis=(2, 4))
+    return functools.reduce(jnp.maximum, _window_slices(x, window, stride))
+
+
+def avg_pool(x, window=(2, 2), stride=(2, 2)):
+    """Average pooling, no padding, floor mode (torch's `AvgPool2d(window, stride)`)."""
+    window, stride = tuple(window), tuple(stride)
+    if window == stride:
+        return _tiles(x, window).mean(axis=(2, 4))
+    total = functools.reduce(jnp.add, _window_slices(x, window, stride))
+    return total / (window[0] * window[1])
+
+
+@functools.lru_cache(maxsize=None)
+def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """`[n_out, n_in]` averaging matrix of torch's adaptive average pooling along one axis.
+
+    Output cell `i` averages inputs `floor(i * n_in / n_out)` to `ceil((i + 1) * n_in / n_out)`
+    (exclusive), which also covers `n_in < n_out` (cells repeat inputs).
+    """
+    m = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x, output_size):
+    """torch's `AdaptiveAvgPool2d(output_size)` on `[N, H, W, C]` -> `[N, oh, ow, C]`.
+
+    Written as two small matrix products, exact for every input size and cheap to differentiate.
+    The identity case (224 px input to VGG) is skipped.
+    """
+    _, h, w, _ = x.shape
+    oh, ow = output_size
+    if h != oh:
+        x = jnp.einsum("ph,nhwc->npwc", jnp.asarray(adaptive_pool_matrix(h, oh), x.dtype), x)
+    if w != ow:
+        x = jnp.einsum("qw,npwc->npqc", jnp.asarray(adaptive_pool_matrix(w, ow), x.dtype), x)
+    return x

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 Array = jax.Array
 Params = Any
 
-#: Layer kinds whose output is a spatial map with a receptive field in the input.
-SPATIAL_KINDS = ("conv", "bn", "relu", "pool", "act")
+#: Layer kinds whose output is a spatial map `[N, h, w, C]`. All but "map" have a known geometry
+#: (kernel, stride, padding) from which receptive fields are computed.
+SPATIAL_KINDS = ("conv", "bn", "relu", "pool", "act", "map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +36,9 @@ class LayerSpec:
     Attributes:
       name: activation name, e.g. `"conv1_1"`, `"relu1_1"`, `"pool1"`, `"fc6"`.
       kind: `"conv"`, `"bn"`, `"relu"`, `"pool"` (max, or average with `pool="avg"`),
-        `"adaptive_avgpool"`, `"fc"`, or `"act"` (any other pointwise layer).
-        Receptive fields are defined for the spatial kinds only (`SPATIAL_KINDS`).
+        `"adaptive_avgpool"`, `"fc"`, `"act"` (any other pointwise layer), or `"map"` (a spatial
+        map whose geometry is unknown, e.g. from a user's Flax module). Receptive fields are
+        computed for the spatial kinds (`SPATIAL_KINDS`) except after a `"map"`.
       channels: number of output channels / features (`None` if unknown).
       kernel, stride, padding: `(h, w)` window geometry of conv and pool layers; `(1, 1)`, `(1, 1)`,
         `(0, 0)` for pointwise layers.
@@ -266,6 +268,11 @@ def receptive_field(model: Model, layer: str) -> ReceptiveField:
                 f"{layer!r} comes after the non-spatial layer {spec.name!r} ({spec.kind}): its units see the "
                 f"whole image. Receptive fields exist for {', '.join(model.trunk)}."
             )
+        if spec.kind == "map":
+            raise ValueError(
+                f"the geometry (kernel, stride, padding) of {spec.name!r} in {model.name} is unknown; describe "
+                "the layers (LayerSpec) or measure it with jaxviz.inspection.empirical_receptive_field"
+            )
         for a in range(2):
             size[a] += (spec.kernel[a] - 1) * jump[a]
             offset[a] += spec.padding[a] * jump[a]
@@ -278,8 +285,8 @@ def spatial_shape(model: Model, layer: str, image_size: Sequence[int]) -> tuple[
     idx = model.index(layer)
     h, w = image_size
     for spec in model.layers[: idx + 1]:
-        if not spec.spatial:
-            raise ValueError(f"{layer!r} is not a spatial layer")
+        if not spec.spatial or spec.kind == "map":
+            raise ValueError(f"the output size of {layer!r} cannot be derived from the layer descriptions")
         h = (h + 2 * spec.padding[0] - spec.kernel[0]) // spec.stride[0] + 1
         w = (w + 2 * spec.padding[1] - spec.kernel[1]) // spec.stride[1] + 1
     return h, w

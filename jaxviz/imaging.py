@@ -128,3 +128,43 @@ def overlay(image: Array, heat: Array, alpha: float = 0.5) -> Array:
     if heat.shape != image.shape[:2]:
         heat = jax.image.resize(heat, image.shape[:2], method="bilinear")
     return (1 - alpha) * image + alpha * colorize(heat)
+
+
+def attribution_to_heat(attr: Array, sign: str = "absolute", clip_percentile: float = 98.0) -> Array:
+    """Turn attributions into a displayable heat map in [0, 1], per image.
+
+    Args:
+      attr: `[N, H, W, C]` (reduced over channels by summing) or `[N, H, W]`.
+      sign: `"absolute"` (|a|), `"positive"` (max(a, 0)) or `"negative"` (max(-a, 0)).
+      clip_percentile: values above this per-image percentile saturate (captum clips the top 2%), so
+        that a few extreme pixels do not wash out the map; 100 disables clipping.
+
+    Returns:
+      `[N, H, W]` in [0, 1].
+    """
+    if attr.ndim == 4:
+        attr = attr.sum(axis=-1)
+    if attr.ndim != 3:
+        raise ValueError(f"attributions must be [N, H, W, C] or [N, H, W]; got shape {attr.shape}")
+    if sign == "absolute":
+        attr = jnp.abs(attr)
+    elif sign == "positive":
+        attr = jnp.maximum(attr, 0)
+    elif sign == "negative":
+        attr = jnp.maximum(-attr, 0)
+    else:
+        raise ValueError(f"sign must be 'absolute', 'positive' or 'negative'; got {sign!r}")
+    flat = attr.reshape(attr.shape[0], -1)
+    top = jnp.percentile(flat, clip_percentile, axis=1).reshape(-1, 1, 1)
+    return jnp.clip(attr / jnp.maximum(top, 1e-12), 0.0, 1.0)
+
+
+def gradient_image(grad: Array, scale: float = 0.15) -> Array:
+    """Show a signed image-space gradient `[..., H, W, 3]` as an image in [0, 1] (per image).
+
+    Centred at grey 0.5 and scaled by `scale / std`, as guided-backprop pictures are usually shown.
+    """
+    axes = tuple(range(grad.ndim - 3, grad.ndim))
+    g = grad - grad.mean(axis=axes, keepdims=True)
+    g = g / jnp.maximum(g.std(axis=axes, keepdims=True), 1e-12)
+    return jnp.clip(0.5 + scale * g, 0.0, 1.0)

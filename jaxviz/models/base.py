@@ -16,6 +16,7 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -43,6 +44,8 @@ class LayerSpec:
       kernel, stride, padding: `(h, w)` window geometry of conv and pool layers; `(1, 1)`, `(1, 1)`,
         `(0, 0)` for pointwise layers.
       output_size: `(h, w)` of an adaptive pooling layer.
+      after_trunk: set by `Model` for every layer from the first non-spatial one on (e.g. the ReLUs
+        between fully connected layers), whose outputs are vectors `[N, D]`.
     """
 
     name: str
@@ -52,10 +55,12 @@ class LayerSpec:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     output_size: Optional[tuple[int, int]] = None
+    after_trunk: bool = False
 
     @property
     def spatial(self) -> bool:
-        return self.kind in SPATIAL_KINDS
+        """Whether the output is a spatial map `[N, h, w, C]`."""
+        return self.kind in SPATIAL_KINDS and not self.after_trunk
 
 
 # Signature of `Model.apply_fn`: (params, preprocessed images, until, relu, pool) -> activations.
@@ -101,6 +106,18 @@ class Model:
     class_names: Optional[tuple[str, ...]] = None
     swappable_relu: bool = True
     pool_modes: tuple[str, ...] = ("max",)
+
+    def __post_init__(self):
+        # Mark the layers after the convolutional trunk, so that `LayerSpec.spatial` is right for
+        # pointwise layers (ReLUs) between fully connected ones.
+        specs, after = [], False
+        for spec in self.layers:
+            after = after or spec.kind not in SPATIAL_KINDS
+            specs.append(dataclasses.replace(spec, after_trunk=after) if spec.after_trunk != after else spec)
+        object.__setattr__(self, "layers", tuple(specs))
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique; got {names}")
 
     # ----------------------------------------------------------------- description
     @property
@@ -293,23 +310,29 @@ def spatial_shape(model: Model, layer: str, image_size: Sequence[int]) -> tuple[
 
 
 def describe(model: Model, params: Optional[Params] = None, image_size: Optional[Sequence[int]] = None) -> list[dict]:
-    """One dict per layer: name, kind, output shape for `image_size` (default `model.input_size`),
-    receptive field size/stride for spatial layers and parameter count if `params` is given."""
+    """One dict per layer: `name`, `kind`, output `shape` (without the batch axis) for an input of
+    `image_size` (default `model.input_size`), `receptive_field` and `rf_stride` for spatial layers of
+    known geometry, and `params` (parameter count) when `params` is given. Nothing is computed: shapes
+    come from `jax.eval_shape`."""
     image_size = tuple(image_size or model.input_size)
-    shapes = jax.eval_shape(
-        lambda x: model.apply(params if params is not None else model.param_shapes(), x),
-        jax.ShapeDtypeStruct((1, *image_size, model.in_channels), jnp.float32),
-    ) if params is not None or model.init_fn is not None else {}
+    if params is None and model.init_fn is not None:
+        params = model.param_shapes()
+    shapes = {}
+    if params is not None:
+        image = jax.ShapeDtypeStruct((1, *image_size, model.in_channels), jnp.float32)
+        shapes = jax.eval_shape(model.apply, params, image)
     rows = []
     for spec in model.layers:
         row: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
         if spec.name in shapes:
             row["shape"] = tuple(shapes[spec.name].shape[1:])
         if spec.spatial:
-            rf = receptive_field(model, spec.name)
-            row["receptive_field"] = rf.size
-            row["rf_stride"] = rf.stride
-        if params is not None and isinstance(params, Mapping) and spec.name in params:
-            row["params"] = int(sum(x.size for x in jax.tree_util.tree_leaves(params[spec.name])))
+            try:
+                rf = receptive_field(model, spec.name)
+                row["receptive_field"], row["rf_stride"] = rf.size, rf.stride
+            except ValueError:
+                pass
+        if isinstance(params, Mapping) and spec.name in params:
+            row["params"] = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params[spec.name])))
         rows.append(row)
     return rows

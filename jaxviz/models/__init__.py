@@ -26,6 +26,7 @@ from jaxviz.models.base import (
     spatial_shape,
 )
 from jaxviz.models.imagenet import decode_predictions, imagenet_classes
+from jaxviz.models.linen import from_flax
 from jaxviz.models.vgg import CONV_CONFIGS, VGGConfig, make_vgg, vgg_config, vgg_layers
 
 IMAGENET_ARCHITECTURES = tuple(
@@ -83,6 +84,7 @@ __all__ = [
     "architectures",
     "decode_predictions",
     "describe",
+    "from_flax",
     "get",
     "imagenet_classes",
     "init",

@@ -36,7 +36,6 @@ import numpy as np
 from jax import lax
 
 from jaxviz import objectives
-from jaxviz.models import layers as L
 from jaxviz.models.base import Model
 from jaxviz.objectives import Objective
 
@@ -84,23 +83,12 @@ deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
 
 # --------------------------------------------------------------------------- helpers
-def _layer_index(model: Model, layer: str) -> int:
-    """`model.index(layer)`, raising a `ValueError` (naming the valid layers) for unknown names."""
-    try:
-        return model.index(layer)
-    except KeyError as err:
-        raise ValueError(err.args[0]) from None
-
-
 def _prepare(model: Model, images: Array, target: Target) -> Objective:
     """Validate `images` and turn `target` into an objective bound to `model`."""
     model.check_images(images)
     if not isinstance(target, Objective):
         _check_class_target(model, target, images.shape[0])
-    try:
-        return objectives.as_objective(model, target)
-    except KeyError as err:  # an objective naming an unknown layer
-        raise ValueError(err.args[0]) from None
+    return objectives.as_objective(model, target)  # UnknownLayerError (a ValueError) for unknown layers
 
 
 def _check_class_target(model: Model, target, n: int) -> None:
@@ -257,110 +245,38 @@ def default_cam_layer(model: Model) -> str:
     raise ValueError(f"{model.name} has no spatial layer for Grad-CAM")
 
 
-def _tap_plan(model: Model, layer: str) -> tuple[int, str, Optional[str], int]:
-    """Where to read `d score / d layer` through the swappable ReLU.
-
-    The model interface exposes intermediate activations but no way to feed a perturbation into one;
-    its only hook is the ReLU, called once per `"relu"` layer in layer order. So the gradient at a
-    ReLU layer is taken by adding a zero perturbation to that ReLU's output, and at a layer feeding
-    a ReLU (a conv, or a batch norm) by adding it to the ReLU's input. A conv followed by batch norm
-    and ReLU is reached through the batch norm's per-channel affine map.
-
-    Returns:
-      `(relu ordinal, "output" | "input", batch-norm layer or None, index of the tapped ReLU)`.
-    """
-    specs = model.layers
-    idx = _layer_index(model, layer)
-    relus = [i for i, s in enumerate(specs) if s.kind == "relu"]
-    kind = specs[idx].kind
-    if kind == "relu":
-        return relus.index(idx), "output", None, idx
-    if idx + 1 < len(specs) and specs[idx + 1].kind == "relu":
-        return relus.index(idx + 1), "input", None, idx + 1
-    if kind == "conv" and idx + 2 < len(specs) and specs[idx + 1].kind == "bn" and specs[idx + 2].kind == "relu":
-        return relus.index(idx + 2), "input", specs[idx + 1].name, idx + 2
-    ok = [
-        s.name
-        for i, s in enumerate(specs)
-        if s.kind == "relu" or (i + 1 < len(specs) and specs[i + 1].kind == "relu")
-        or (s.kind == "conv" and i + 2 < len(specs) and specs[i + 1].kind == "bn" and specs[i + 2].kind == "relu")
-    ]
-    if not ok:
-        raise ValueError(
-            f"gradients at {layer!r} of {model.name} are not available: they are read through the model's "
-            "ReLU layers (kind 'relu', swapped via Model.apply(relu=)), and this model describes none"
-        )
-    raise ValueError(
-        f"gradients at {layer!r} ({kind}) of {model.name} are not available: they are read through the "
-        f"model's ReLUs, so the layer must be a ReLU or feed one. Use one of: {', '.join(ok)}"
-    )
-
-
 def activation_gradients(
     model: Model, params, images: Array, target: Target, layer: str, **apply_kwargs
 ) -> tuple[Array, Array]:
     """A layer's activations and the gradient of the target score with respect to them.
 
+    The gradient is taken with respect to a zero perturbation added to the layer's output
+    (`Model.apply(..., perturb={layer: delta})`), so it works for any layer of any model, including
+    a user's Flax module (submodule outputs).
+
     Args:
-      layer: a ReLU layer, or a layer whose output feeds a ReLU (a conv; a batch norm; a conv
-        followed by batch norm and ReLU). The target must read a layer after it (or, for a ReLU
-        layer, the layer itself).
-      **apply_kwargs: passed to `Model.apply` (not `relu`, which is used to reach the layer).
+      layer: any layer before the deepest layer the target reads.
+      **apply_kwargs: passed to `Model.apply` (e.g. `relu=guided_relu`, `pool="avg"`).
 
     Returns:
       `(activations, gradients)`, both the shape of the layer's output (`[N, h, w, C]` for spatial
-      layers).
+      layers, `[N, D]` for fully connected ones).
     """
-    if "relu" in apply_kwargs:
-        raise ValueError("activation_gradients reaches the layer through the ReLU; relu= cannot be set")
     obj = _prepare(model, images, target)
-    ordinal, where, bn, tap_idx = _tap_plan(model, layer)
-    idx = _layer_index(model, layer)
+    idx = model.index(layer)
     target_last = objectives.last_layer(model, obj)
     if target_last is None or model.index(target_last) < idx:
         raise ValueError(
             f"the target {obj.name} reads {target_last or 'no layer'}, which does not depend on {layer!r}; "
             "pick a layer before the target's"
         )
-    early = [name for name in obj.layers if idx <= model.index(name) < tap_idx]
-    if early:
-        raise ValueError(
-            f"the target reads {early}, between {layer!r} and the ReLU through which its gradient is read; "
-            f"use the ReLU layer {model.layers[tap_idx].name!r} or a later target"
-        )
-    until = model.layers[max(model.index(target_last), tap_idx)].name
-    tap_shape = jax.eval_shape(
-        lambda x: model.apply(params, x, until=model.layers[tap_idx].name, **apply_kwargs)[model.layers[tap_idx].name],
-        images,
-    )
+    shape = jax.eval_shape(lambda x: model.apply(params, x, until=layer, **apply_kwargs)[layer], images)
 
     def score(delta):
-        calls = []
-
-        def relu(x):
-            # The `ordinal`-th ReLU call is the tapped layer's: perturb its input or output by `delta`.
-            k = len(calls)
-            calls.append(x.shape)
-            if k != ordinal:
-                return jax.nn.relu(x)
-            return jax.nn.relu(x + delta) if where == "input" else jax.nn.relu(x) + delta
-
-        acts = model.apply(params, images, until=until, relu=relu, **apply_kwargs)
-        # Guard the assumption that the k-th ReLU call is the k-th "relu" layer.
-        if len(calls) != expected_calls or calls[ordinal] != tap_shape.shape:
-            raise ValueError(
-                f"{model.name}'s ReLU calls do not follow its 'relu' layers in order; gradients at "
-                f"{layer!r} cannot be read through the ReLU"
-            )
+        acts = model.apply(params, images, until=target_last, perturb={layer: delta}, **apply_kwargs)
         return jnp.sum(obj(acts)), acts[layer]
 
-    expected_calls = sum(s.kind == "relu" for s in model.layers[: model.index(until) + 1])
-    delta0 = jnp.zeros(tap_shape.shape, tap_shape.dtype)
-    grad, act = jax.grad(score, has_aux=True)(delta0)
-    if bn is not None:
-        # conv -> batch norm -> ReLU: pull the gradient back through the (affine) batch norm.
-        _, pullback = jax.vjp(lambda a: L.batch_norm(a, **params[bn]), act)
-        (grad,) = pullback(grad)
+    grad, act = jax.grad(score, has_aux=True)(jnp.zeros(shape.shape, shape.dtype))
     return act, grad
 
 
@@ -381,8 +297,8 @@ def gradcam(
     `w_c = mean_{i,j} d score / d A[i, j, c]`, `map = ReLU(sum_c w_c A[..., c])`.
 
     Args:
-      layer: a spatial layer (see `activation_gradients`); default `default_cam_layer(model)`,
-        the last ReLU of the trunk (`relu5_3` for VGG16).
+      layer: any spatial layer; default `default_cam_layer(model)`, the last ReLU of the trunk
+        (`relu5_3` for VGG16).
       relu: apply the ReLU to the map (Grad-CAM's choice: keep only positive evidence).
       upsample: resize bilinearly to the image size `[N, H, W]`; `False` returns the layer
         resolution `[N, h, w]`.

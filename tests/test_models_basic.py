@@ -56,3 +56,43 @@ def test_unknown_layer_and_arch():
         models.get("alexnet").layer("conv9")
     with pytest.raises(ValueError, match="unknown architecture"):
         models.get("resnet50")
+
+
+@pytest.mark.parametrize("window,stride,shape", [((2, 2), (2, 2), (2, 9, 7, 3)), ((3, 3), (2, 2), (2, 11, 9, 3))])
+def test_max_pool_ties_route_to_first_maximum_like_torch(window, stride, shape):
+    """Integer inputs make many exact ties; forward, reverse- and forward-mode derivatives equal torch's."""
+    torch = pytest.importorskip("torch")
+    from jaxviz.models import layers as L
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=shape).astype(np.float64)
+    with jax.enable_x64(True):
+        y, vjp = jax.vjp(lambda a: L.max_pool(a, window, stride), jnp.asarray(x))
+        g = rng.normal(size=y.shape)
+        (gx,) = vjp(jnp.asarray(g))
+        t = rng.normal(size=shape)
+        _, ty = jax.jvp(lambda a: L.max_pool(a, window, stride), (jnp.asarray(x),), (jnp.asarray(t),))
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, window, stride)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-12)
+    # Forward mode is the transpose of reverse mode: <jvp(t), g> == <t, vjp(g)>.
+    np.testing.assert_allclose(np.vdot(np.asarray(ty), g), np.vdot(t, np.asarray(gx)), rtol=1e-10)
+
+
+def test_perturb_adds_to_layer_and_flows_on():
+    model = models.get("vgg11")
+    params = model.param_shapes()
+    params = jax.tree_util.tree_map(lambda s: jnp.asarray(np.random.default_rng(0).normal(size=s.shape) * 0.05, s.dtype), params)
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 32, 32, 3)), jnp.float32)
+    base = model.apply(params, x, until="relu2_1")
+    delta = jnp.ones_like(base["conv2_1"])
+    out = model.apply(params, x, until="relu2_1", perturb={"conv2_1": delta})
+    np.testing.assert_allclose(out["conv2_1"], base["conv2_1"] + 1, rtol=1e-6)
+    np.testing.assert_allclose(out["relu2_1"], jax.nn.relu(base["conv2_1"] + 1), rtol=1e-6)
+    np.testing.assert_array_equal(out["pool1"], base["pool1"])
+    with pytest.raises(ValueError, match="no layer 'conv9'"):
+        model.apply(params, x, perturb={"conv9": delta})
+    with pytest.raises(ValueError, match="after until"):
+        model.apply(params, x, until="pool1", perturb={"conv2_1": delta})

@@ -63,6 +63,13 @@ class LayerSpec:
         return self.kind in SPATIAL_KINDS and not self.after_trunk
 
 
+class UnknownLayerError(KeyError, ValueError):
+    """A layer name the model does not have. Both a `KeyError` and a `ValueError`."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 # Signature of `Model.apply_fn`: (params, preprocessed images, until, relu, pool) -> activations.
 ApplyFn = Callable[..., dict]
 
@@ -79,7 +86,8 @@ class Model:
     Attributes:
       name: architecture name (`"vgg16"`, `"alexnet"`, `"digits"`, or a user's).
       layers: `LayerSpec`s in forward order; `apply` returns activations under these names.
-      apply_fn: `apply_fn(params, x, *, until, relu, pool)` on *preprocessed* `x`; use `apply`.
+      apply_fn: `apply_fn(params, x, *, until, relu, pool[, perturb])` on *preprocessed* `x`; use
+        `apply`. `perturb` is passed only when given.
       init_fn: `init_fn(key) -> params` with random weights of the right shapes, or `None`.
       mean, std: per-channel normalisation applied inside `apply`: `(x - mean) / std`.
       input_size: `(H, W)` the network was trained at (any size the architecture admits works).
@@ -131,11 +139,11 @@ class Model:
         return self.layer(self.logits).channels
 
     def layer(self, name: str) -> LayerSpec:
-        """The `LayerSpec` called `name`; a `KeyError` naming the valid layers otherwise."""
+        """The `LayerSpec` called `name`; an `UnknownLayerError` naming the valid layers otherwise."""
         for spec in self.layers:
             if spec.name == name:
                 return spec
-        raise KeyError(f"{self.name} has no layer {name!r}; its layers are: {', '.join(self.layer_names)}")
+        raise UnknownLayerError(f"{self.name} has no layer {name!r}; its layers are: {', '.join(self.layer_names)}")
 
     def index(self, name: str) -> int:
         self.layer(name)
@@ -191,6 +199,7 @@ class Model:
         until: Optional[str] = None,
         relu: Optional[Callable[[Array], Array]] = None,
         pool: Optional[str] = None,
+        perturb: Optional[Mapping[str, Array]] = None,
     ) -> dict[str, Array]:
         """Run the network and return its named activations.
 
@@ -203,6 +212,9 @@ class Model:
             ReLU); `None` keeps `jax.nn.relu`.
           pool: `"max"` (the network as trained) or `"avg"` (average pooling with the same windows,
             used by texture and style synthesis), if the model supports it (`pool_modes`).
+          perturb: `{layer: delta}` added to those layers' outputs before the network goes on; the
+            returned activation includes it. With zeros the network is unchanged, and the gradient
+            with respect to `delta` is the gradient at that layer (Grad-CAM reads it this way).
 
         Returns:
           `{name: activation}` for every layer up to `until`, in forward order; spatial activations
@@ -219,12 +231,20 @@ class Model:
         pool = "max" if pool is None else pool
         if pool not in self.pool_modes:
             raise ValueError(f"{self.name} supports pool in {self.pool_modes}; got {pool!r}.")
+        kwargs = {}
+        if perturb:
+            for name in perturb:
+                self.layer(name)
+                if until is not None and self.index(name) > self.index(until):
+                    raise ValueError(f"perturb names {name!r}, which comes after until={until!r}")
+            kwargs["perturb"] = dict(perturb)
         return self.apply_fn(
             params,
             self.preprocess(images),
             until=until,
             relu=_default_relu if relu is None else relu,
             pool=pool,
+            **kwargs,
         )
 
     __call__ = apply

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -76,19 +77,48 @@ def _tiles(x, window):
     return x.reshape(n, ho, window[0], wo, window[1], c)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def max_pool(x, window=(2, 2), stride=(2, 2)):
     """Max pooling, no padding, floor mode (torch's `MaxPool2d(window, stride)`).
 
+    The derivative routes each window's gradient to its FIRST maximum in row-major order, as torch
+    does (Zeiler & Fergus's "switches"). Plain `max` would share it between tied inputs, which
+    differs from torch wherever a window holds exact ties: after a ReLU zeroed a whole window (the
+    deconvnet rule passes gradients there), or on constant images such as a black baseline. Written
+    as a `custom_jvp`, so forward mode, reverse mode and higher derivatives all work.
+
     Non-overlapping windows use reshape + max, whose gradient XLA computes far faster on CPU than
     `reduce_window`'s select-and-scatter; overlapping ones (AlexNet's 3x3/2) an elementwise max of
-    strided views. Gradients at exact ties are shared between the tied inputs (torch gives all to the
-    first); with continuous inputs this only happens where ReLU has zeroed a whole window, and then
-    the ReLU's own gradient is zero anyway.
+    strided views.
     """
     window, stride = tuple(window), tuple(stride)
     if window == stride:
         return _tiles(x, window).max(axis=(2, 4))
     return functools.reduce(jnp.maximum, _window_slices(x, window, stride))
+
+
+@max_pool.defjvp
+def _max_pool_jvp(window, stride, primals, tangents):
+    (x,), (t,) = primals, tangents
+    window, stride = tuple(window), tuple(stride)
+    y = max_pool(x, window, stride)
+    if window == stride:
+        tiles = _tiles(x, window)
+        is_max = tiles == y[:, :, None, :, None, :]
+        # Exclusive count of maxima before each element of its window, in row-major order.
+        in_row = jnp.cumsum(is_max, axis=4) - is_max
+        rows = jnp.sum(is_max, axis=4, keepdims=True)
+        before_rows = jnp.cumsum(rows, axis=2) - rows
+        first = is_max & (in_row + before_rows == 0)
+        dy = jnp.sum(jnp.where(first, _tiles(t, window), 0), axis=(2, 4))
+        return y, dy
+    taken = jnp.zeros(y.shape, bool)
+    dy = jnp.zeros(y.shape, t.dtype)
+    for xs, ts in zip(_window_slices(x, window, stride), _window_slices(t, window, stride)):
+        first = (xs == y) & ~taken
+        dy = dy + jnp.where(first, ts, 0)
+        taken = taken | first
+    return y, dy
 
 
 def avg_pool(x, window=(2, 2), stride=(2, 2)):

@@ -257,11 +257,34 @@ def from_flax(
         # Jitted: Flax's initialisers run op by op otherwise, each op compiled on its own (slow).
         return _strip_intermediates(module.init(key, jnp.zeros((1, H, W, C), jnp.float32), **apply_kwargs))
 
-    def run(params, x, relu=None):
+    def run(params, x, relu=None, perturb=None):
         mdl = module if relu is None else _swap_activation(module, relu_attr, relu)
-        out, state = mdl.apply(
-            _strip_intermediates(params), x, capture_intermediates=True, mutable=["intermediates"], **apply_kwargs
-        )
+
+        def call():
+            return mdl.apply(
+                _strip_intermediates(params), x, capture_intermediates=True, mutable=["intermediates"], **apply_kwargs
+            )
+
+        if perturb:
+            # Add each delta to its submodule's output as the module returns (Flax method interception),
+            # so that everything after it sees the perturbed value.
+            seen: dict[str, int] = {}
+
+            def add(next_fun, args, kwargs, ctx):
+                out = next_fun(*args, **kwargs)
+                if ctx.method_name == _OUTPUT_KEY and ctx.module.path:
+                    path = "/".join(ctx.module.path)
+                    i = seen.get(path, 0)
+                    seen[path] = i + 1
+                    key = path if i == 0 else f"{path}.{i}"
+                    if key in perturb:
+                        out = out + perturb[key]
+                return out
+
+            with _nn().intercept_methods(add):
+                out, state = call()
+        else:
+            out, state = call()
         return out, _flatten_intermediates(state.get("intermediates", {}))
 
     # ---- one abstract trace: names, shapes, module geometry and forward order.
@@ -322,6 +345,7 @@ def from_flax(
         rank = call.rank if call is not None else counter[0] + k
         records.append((produced_at(outvars[k]), rank, nm, shp, call, outvars[k] is out_var))
     records.sort(key=lambda r: (r[0], r[1]))
+    sown = {r[2] for r in records if r[4] is None}
 
     has_children = {p[:i] for p in calls for i in range(1, len(p))}
     specs = []
@@ -395,9 +419,20 @@ def from_flax(
                 f"call self.{relu_attr}(x) instead of nn.relu(x)"
             )
 
-    def apply_fn(params, x, *, until=None, relu=base._default_relu, pool="max"):
+    module_outputs = {s.name for s in specs} - sown - {logits}
+
+    def apply_fn(params, x, *, until=None, relu=base._default_relu, pool="max", perturb=None):
         swap = relu_attr is not None and relu is not base._default_relu
-        out, recs = run(params, x, relu if swap else None)
+        perturb = dict(perturb or {})
+        out_delta = perturb.pop(logits, None)
+        bad = [n for n in perturb if n not in module_outputs]
+        if bad:
+            raise ValueError(
+                f"cannot perturb {bad}: only submodule outputs and the model output can be perturbed, not sown values"
+            )
+        out, recs = run(params, x, relu if swap else None, perturb)
+        if out_delta is not None:
+            out = out + out_delta
         values = {n: v for n, _, v in recs}
         values[logits] = out
         acts = {}

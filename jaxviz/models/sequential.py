@@ -20,9 +20,10 @@ from jaxviz.models import layers as L
 from jaxviz.models.base import LayerSpec, Model
 
 
-def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.nn.relu, pool="max") -> dict:
+def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.nn.relu, pool="max", perturb=None) -> dict:
     """Run `specs` in order on preprocessed `x` `[N, H, W, C]`; see `Model.apply`."""
     acts = {}
+    perturb = perturb or {}
     for spec in specs:
         if spec.kind == "conv":
             x = L.conv2d(x, **params[spec.name], stride=spec.stride, padding=spec.padding)
@@ -41,6 +42,8 @@ def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.
             x = L.linear(x, **params[spec.name])
         else:
             raise ValueError(f"unknown layer kind {spec.kind!r} for layer {spec.name!r}")
+        if spec.name in perturb:
+            x = x + perturb[spec.name]
         acts[spec.name] = x
         if spec.name == until:
             break
@@ -155,8 +158,8 @@ def sequential_model(
     """A `Model` whose `apply` interprets `specs` (see `apply_layers`)."""
     specs = tuple(specs)
 
-    def apply_fn(params, x, *, until=None, relu=jax.nn.relu, pool="max"):
-        return apply_layers(specs, params, x, until=until, relu=relu, pool=pool)
+    def apply_fn(params, x, *, until=None, relu=jax.nn.relu, pool="max", perturb=None):
+        return apply_layers(specs, params, x, until=until, relu=relu, pool=pool, perturb=perturb)
 
     # Jitted: drawing VGG16's 138M numbers op by op is tens of times slower than one compiled program.
     @jax.jit

@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from digits_fixture import digits_params, digits_training  # noqa: F401  (session fixtures)
 
 from jaxviz import data, io, models, train
 from jaxviz.models import digits

@@ -11,7 +11,7 @@ Modules: `models` (VGG, AlexNet, the digits network, `from_flax`), `objectives`,
 `inspection`, `embedding`, `segmentation`, `imaging`, `data`, `train`, `plot` (matplotlib), `io`.
 """
 
-from jaxviz import attribution, embedding, imaging, inspection, models, objectives
+from jaxviz import attribution, data, embedding, imaging, inspection, models, objectives, segmentation
 from jaxviz.io import check_params, load_params, save_params
 from jaxviz.models import Model, decode_predictions, from_flax, receptive_field
 
@@ -21,6 +21,7 @@ __all__ = [
     "Model",
     "attribution",
     "check_params",
+    "data",
     "decode_predictions",
     "embedding",
     "from_flax",
@@ -31,4 +32,5 @@ __all__ = [
     "objectives",
     "receptive_field",
     "save_params",
+    "segmentation",
 ]

@@ -16,6 +16,7 @@ from jaxviz.models.vgg import IMAGENET_MEAN, IMAGENET_STD
 
 
 def alexnet_layers(num_classes: int = 1000) -> tuple[LayerSpec, ...]:
+    """torchvision AlexNet's layers as named `LayerSpec`s (see the module docstring)."""
     pool = dict(kernel=(3, 3), stride=(2, 2))
     return (
         LayerSpec("conv1", "conv", 64, (11, 11), (4, 4), (2, 2)),
@@ -47,6 +48,7 @@ def make_alexnet(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Model:
+    """torchvision's AlexNet as a `Model` (random init: torch's default `Conv2d`/`Linear` scheme)."""
     return sequential_model(
         "alexnet",
         alexnet_layers(num_classes),

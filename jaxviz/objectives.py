@@ -127,14 +127,15 @@ def _take_per_image(x, index):
     return jnp.take_along_axis(x, index[:, None], axis=1)[:, 0]
 
 
-def _check_index(index, size, what):
-    """Raise if a concrete index is out of `[0, size)`; traced indices cannot be checked here."""
+def check_index(index, size: int, what: str) -> None:
+    """Raise a `ValueError` naming `what` if a concrete index (or array of them) is not an integer in
+    `[0, size)`; traced indices (under `jit`/`vmap`) cannot be checked and pass."""
     try:
         values = np.asarray(index)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return
     if values.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be integers; got dtype {values.dtype}")
+        raise ValueError(f"{what} must be integers; got dtype {values.dtype}")
     if values.size and (values.min() < 0 or values.max() >= size):
         raise ValueError(f"{what} {values.tolist()} out of range [0, {size})")
 
@@ -142,7 +143,7 @@ def _check_index(index, size, what):
 def _class_logit(acts, static, index):
     (layer,) = static
     scores = acts[layer]
-    _check_index(index, scores.shape[-1], f"class index for layer {layer!r}")
+    check_index(index, scores.shape[-1], f"class index for layer {layer!r}")
     return _take_per_image(scores, index)
 
 
@@ -157,7 +158,7 @@ def class_logit(index, layer: Optional[str] = None) -> Objective:
 def _log_softmax_class(acts, static, index):
     (layer,) = static
     scores = acts[layer]
-    _check_index(index, scores.shape[-1], f"class index for layer {layer!r}")
+    check_index(index, scores.shape[-1], f"class index for layer {layer!r}")
     return _take_per_image(jax.nn.log_softmax(scores.astype(jnp.float32), axis=-1), index)
 
 
@@ -169,7 +170,7 @@ def class_log_prob(index, layer: Optional[str] = None) -> Objective:
 def _channel(acts, static, index):
     (layer,) = static
     a = acts[layer]
-    _check_index(index, a.shape[-1], f"channel of layer {layer!r}")
+    check_index(index, a.shape[-1], f"channel of layer {layer!r}")
     if a.ndim == 4:
         a = a.mean(axis=(1, 2))
     return _take_per_image(a, index)
@@ -183,7 +184,7 @@ def channel(layer: str, index) -> Objective:
 def _neuron(acts, static, index, y, x):
     (layer,) = static
     a = acts[layer]
-    _check_index(index, a.shape[-1], f"channel of layer {layer!r}")
+    check_index(index, a.shape[-1], f"channel of layer {layer!r}")
     if a.ndim == 4:
         y = a.shape[1] // 2 if y is None else y
         x = a.shape[2] // 2 if x is None else x
@@ -257,6 +258,7 @@ __all__ = [
     "Objective",
     "as_objective",
     "channel",
+    "check_index",
     "class_log_prob",
     "class_logit",
     "evaluate",

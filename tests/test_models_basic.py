@@ -96,3 +96,21 @@ def test_perturb_adds_to_layer_and_flows_on():
         model.apply(params, x, perturb={"conv9": delta})
     with pytest.raises(ValueError, match="after until"):
         model.apply(params, x, until="pool1", perturb={"conv2_1": delta})
+
+
+def test_imagenet_classes_and_decode_predictions():
+    names = models.imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[281] == "tabby" and names[999] == "toilet tissue"
+    logits = np.zeros((2, 1000), np.float32)
+    logits[0, [281, 285, 3]] = [5.0, 4.0, 3.0]
+    logits[1, 7] = 9.0
+    top = models.decode_predictions(logits, top=3)
+    assert [i for i, _, _ in top[0]] == [281, 285, 3]
+    assert top[0][0][1] == "tabby"
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    np.testing.assert_allclose([q for _, _, q in top[0]], p[[281, 285, 3]], rtol=1e-6)
+    assert top[1][0][:2] == (7, "cock")
+    digits = models.decode_predictions(np.eye(10)[[4]] * 3, top=2, class_names=models.get("digits").class_names)
+    assert digits[0][0][:2] == (4, "4")
+    with pytest.raises(ValueError, match="num_classes"):
+        models.decode_predictions(np.zeros(1000))

@@ -80,7 +80,8 @@ def _digits(w: _Writer, quick: bool) -> None:
     sal = attribution.saliency(model, params, x, y)
     guided = attribution.guided_backprop(model, params, x, y)
     deconv = attribution.deconvnet(model, params, x, y)
-    cam = attribution.gradcam(model, params, x, y)
+    cam_default = attribution.gradcam(model, params, x, y)  # relu3_2, 8x8
+    cam_early = attribution.gradcam(model, params, x, y, layer="relu1_2")
     ggc = attribution.guided_gradcam(model, params, x, y)
     sg = attribution.smoothgrad(model, params, x, y, key=jax.random.key(0), num_samples=16 if quick else 32)
     ig = attribution.integrated_gradients(model, params, x, y, steps=32 if quick else 64)
@@ -93,7 +94,8 @@ def _digits(w: _Writer, quick: bool) -> None:
         "saliency": _per_image_unit(sal),
         "guided backprop": imaging.gradient_image(guided),
         "deconvnet": imaging.gradient_image(deconv),
-        "Grad-CAM": _per_image_unit(cam),
+        f"Grad-CAM {attribution.default_cam_layer(model)}": _per_image_unit(cam_default),
+        "Grad-CAM relu1_2": _per_image_unit(cam_early),
         "guided Grad-CAM": imaging.gradient_image(ggc),
         "SmoothGrad": imaging.attribution_to_heat(sg),
         "integrated grad.": imaging.attribution_to_heat(ig.attributions),
@@ -103,8 +105,11 @@ def _digits(w: _Writer, quick: bool) -> None:
         plot.attribution_panel(x, columns, [f"digit {int(c)}" for c in y], title="digits network: attribution of the true class"),
         "digits_attribution.png",
         "Every attribution method on test digits, explaining the true class: saliency |d score/d pixel|, guided "
-        "backprop, the deconvnet rule, Grad-CAM (last conv ReLU), guided Grad-CAM, SmoothGrad, integrated gradients, "
-        f"and the drop of the true class's probability when an {occ_size}x{occ_size} patch occludes each place.",
+        "backprop, the deconvnet rule, Grad-CAM at the last conv ReLU (relu3_2, 8x8: on this network, whose classifier "
+        "reads the 4x4 pool3 map position by position and whose digits fill the frame, it does not localise the "
+        "strokes; tests/test_meaning.py measures this) and at relu1_2 (it does), guided Grad-CAM, SmoothGrad, "
+        f"integrated gradients, and the drop of the true class's probability when an {occ_size}x{occ_size} patch "
+        "occludes each place.",
     )
     logits = model.scores(params, jnp.concatenate([x, jnp.zeros_like(x)]))
     score_diff = np.asarray(logits[: len(y)] - logits[len(y) :])[np.arange(len(y)), np.asarray(y)]

@@ -82,7 +82,7 @@ def test_max_pool_ties_route_to_first_maximum_like_torch(window, stride, shape):
 
 
 def test_perturb_adds_to_layer_and_flows_on():
-    model = models.get("vgg11")
+    model = models.get("digits")
     params = model.param_shapes()
     params = jax.tree_util.tree_map(lambda s: jnp.asarray(np.random.default_rng(0).normal(size=s.shape) * 0.05, s.dtype), params)
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 32, 32, 3)), jnp.float32)

@@ -172,3 +172,21 @@ def test_until_stops_at_the_layer(converted):
     assert list(acts) == list(names[: names.index(mid) + 1])
     full = converted.forward(converted.params, x)  # compiled by test_activations_match_torch
     np.testing.assert_allclose(np.asarray(acts[mid]), np.asarray(full[mid]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "alexnet"])
+def test_average_pooling_matches_torch(arch, tmp_path):
+    """`pool="avg"` (texture/style synthesis) equals torchvision's model with every MaxPool2d replaced
+    by an AvgPool2d of the same window and stride, at an odd size (floor mode)."""
+    module = torch_ref.random_torch_model(arch, seed=3)
+    params = torch_ref.jax_params(module, arch)
+    for i, m in enumerate(module.features):
+        if isinstance(m, torch.nn.MaxPool2d):
+            module.features[i] = torch.nn.AvgPool2d(m.kernel_size, m.stride)
+    model = models.get(arch)
+    x = _images((67, 75), seed=5)
+    ours = jax.jit(lambda p, im: model.apply(p, im, pool="avg"))(params, jnp.asarray(x))
+    ref, _ = torch_ref.torch_activations(module, model, torch_ref.to_torch_input(model, x))
+    for name in model.layer_names:
+        scale = max(1.0, float(np.abs(ref[name]).max()))
+        assert float(np.abs(np.asarray(ours[name]) - ref[name]).max()) <= RTOL * scale, name

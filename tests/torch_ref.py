@@ -82,6 +82,7 @@ _TORCH_KINDS = {
     "BatchNorm2d": "bn",
     "ReLU": "relu",
     "MaxPool2d": "pool",
+    "AvgPool2d": "pool",  # jaxviz's pool layers with pool="avg"
     "AdaptiveAvgPool2d": "adaptive_avgpool",
     "Linear": "fc",
 }

@@ -65,6 +65,8 @@ def _digits(w: _Writer, quick: bool) -> None:
 
     log("digits network: loading cached weights or training (about a minute on 2 CPU cores the first time)")
     params = jax.tree_util.tree_map(jnp.asarray, digits_params(progress=progress))
+    if last:  # trained now (not loaded): report the final epoch too
+        log(f"training the digits network: epoch {last['epoch'] + 1} done, batch loss {last['loss']:.3f}")
     d = data.load_digits()
     from jaxviz.train import accuracy
 

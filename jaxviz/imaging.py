@@ -96,7 +96,7 @@ def tile(images, ncols: Optional[int] = None, pad: int = 1, pad_value: float = 1
 
 
 # A perceptually ordered colour map (black - purple - orange - yellow, like matplotlib's "inferno"),
-# as 9 anchors interpolated linearly, so that heat maps need no matplotlib.
+# as 10 anchors interpolated linearly, so that heat maps need no matplotlib.
 _HEAT_ANCHORS = np.array(
     [
         [0.001, 0.000, 0.014],

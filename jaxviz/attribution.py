@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxviz import objectives
+from jaxviz import imaging, objectives
 from jaxviz.models.base import Model
 from jaxviz.objectives import Objective
 
@@ -102,12 +102,7 @@ def _check_class_target(model: Model, target, n: int) -> None:
 
 def _score_fn(model: Model, params, obj: Objective, **apply_kwargs) -> Callable[[Array], Array]:
     """`images [N, H, W, C] -> scores [N]`, running the model only as far as `obj` reads."""
-    until = objectives.last_layer(model, obj)
-
-    def score(x):
-        return obj(model.apply(params, x, until=until, **apply_kwargs))
-
-    return score
+    return lambda x: objectives.evaluate(model, params, x, obj, **apply_kwargs)
 
 
 def _grad_fn(score: Callable[[Array], Array]) -> Callable[[Array], Array]:
@@ -127,18 +122,24 @@ def _chunks(num: int, batch_size: Optional[int]) -> tuple[int, int]:
     return -(-num // size), size
 
 
+def _split_chunks(xs, num: int, batch_size: Optional[int]) -> tuple[Array, Array, int]:
+    """`xs[:num]` as `[n_chunks, size, ...]` chunks of at most `batch_size` items, the last padded by
+    repeating the last item; also `valid [n_chunks, size]` (False on the padding) and `size`."""
+    n_chunks, size = _chunks(num, batch_size)
+    idx = jnp.minimum(jnp.arange(n_chunks * size), num - 1)
+    valid = (jnp.arange(n_chunks * size) < num).reshape(n_chunks, size)
+    return xs[idx].reshape((n_chunks, size) + xs.shape[1:]), valid, size
+
+
 def _chunked_weighted_sum(fn: Callable, xs: Array, weights: Array, batch_size: Optional[int], like: Array) -> Array:
     """`sum_i weights[i] * fn(xs[i:i+1])[0]` with `fn` mapping a chunk `[B, ...]` to `[B, *like.shape]`.
 
     Chunks of `batch_size` items are evaluated one after another in a `lax.scan`, so memory holds one
     chunk's results plus the running sum. The last chunk is padded with zero-weight copies.
     """
-    num = xs.shape[0]
-    n_chunks, size = _chunks(num, batch_size)
-    pad = n_chunks * size - num
-    idx = jnp.minimum(jnp.arange(n_chunks * size), num - 1)
-    xs = xs[idx].reshape((n_chunks, size) + xs.shape[1:])
-    weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)]).reshape(n_chunks, size)
+    xs, valid, size = _split_chunks(xs, xs.shape[0], batch_size)
+    weights, _, _ = _split_chunks(weights, weights.shape[0], batch_size)
+    weights = jnp.where(valid, weights, 0)
 
     def step(total, chunk):
         x, w = chunk
@@ -158,10 +159,7 @@ def _chunked_moments(fn: Callable, xs, num: int, batch_size: Optional[int], like
     computed two-pass within a chunk and merged with Chan et al.'s parallel update, which avoids the
     cancellation of `E[g^2] - E[g]^2` in floating point.
     """
-    n_chunks, size = _chunks(num, batch_size)
-    idx = jnp.minimum(jnp.arange(n_chunks * size), num - 1)
-    xs = xs[idx].reshape((n_chunks, size) + xs.shape[1:])
-    valid = (jnp.arange(n_chunks * size) < num).reshape(n_chunks, size)
+    xs, valid, size = _split_chunks(xs, num, batch_size)
 
     def step(carry, chunk):
         count, mean, m2 = carry
@@ -312,9 +310,7 @@ def gradcam(
     if upsample:
         cam = jax.image.resize(cam, images.shape[:3], method="bilinear")
     if normalize:
-        lo = jnp.min(cam, axis=(1, 2), keepdims=True)
-        hi = jnp.max(cam, axis=(1, 2), keepdims=True)
-        cam = (cam - lo) / jnp.maximum(hi - lo, 1e-12)
+        cam = imaging.normalize(cam, axis=(1, 2))
     return cam
 
 

@@ -154,7 +154,24 @@ def filter_grid(
     Returns:
       `[H, W, 3]` float in [0, 1].
     """
-    f = np.asarray(first_layer_filters(model, params, layer, kernel=kernel, shared_scale=shared_scale))
+    filters = first_layer_filters(model, params, layer, kernel=kernel, shared_scale=shared_scale)
+    return tile_filters(filters, upscale=upscale, ncols=ncols, pad=pad, pad_value=pad_value, in_channel=in_channel)
+
+
+def tile_filters(
+    filters,
+    *,
+    upscale: Optional[int] = None,
+    ncols: Optional[int] = None,
+    pad: int = 1,
+    pad_value: float = 1.0,
+    in_channel: Optional[int] = None,
+) -> np.ndarray:
+    """Filters `[C_out, kh, kw, C_in]` in [0, 1] (from `first_layer_filters`) tiled into one RGB
+    mosaic `[H, W, 3]`; the arguments are those of `filter_grid`."""
+    f = np.asarray(filters)
+    if f.ndim != 4:
+        raise ValueError(f"filters must be [C_out, kh, kw, C_in]; got shape {f.shape}")
     c_in = f.shape[-1]
     if in_channel is not None:
         if not 0 <= in_channel < c_in:
@@ -771,5 +788,6 @@ __all__ = [
     "max_activating_patches",
     "nearest_neighbours",
     "receptive_field_boxes",
+    "tile_filters",
     "top_channels",
 ]

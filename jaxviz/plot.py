@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from jaxviz import imaging
+from jaxviz import imaging, inspection
 
 
 def _figure(rows: int, cols: int, cell: float = 2.0, title: Optional[str] = None):
@@ -75,9 +75,7 @@ def mosaic(image, title: Optional[str] = None, size: float = 6.0):
 def filters(filters_01, ncols: Optional[int] = None, title: Optional[str] = "first-layer filters"):
     """First-layer filters `[C_out, kh, kw, 3]` already scaled to [0, 1] (see
     `jaxviz.inspection.first_layer_filters`), as a grid."""
-    f = np.asarray(filters_01)
-    up = max(1, 24 // f.shape[1])  # nearest-neighbour upscaling keeps 3x3 kernels visible
-    return mosaic(imaging.tile(f.repeat(up, axis=1).repeat(up, axis=2), ncols=ncols, pad=1, pad_value=1.0), title)
+    return mosaic(inspection.tile_filters(filters_01, ncols=ncols), title)
 
 
 def activation_maps(maps, ncols: Optional[int] = None, labels: Optional[Sequence] = None, title=None, cmap="viridis"):

@@ -74,6 +74,44 @@ class UnknownLayerError(KeyError, ValueError):
 ApplyFn = Callable[..., dict]
 
 
+#: How far outside [0, 1] concrete images may stray before they are refused (resampling with
+#: bicubic or Lanczos kernels overshoots a little; 0-255 or ImageNet-normalised inputs are far out).
+RANGE_TOLERANCE = 0.05
+
+
+def check_pixel_values(images, what: str = "images") -> None:
+    """Refuse concrete images with non-finite values or values clearly outside [0, 1].
+
+    Values may lie in `[-RANGE_TOLERANCE, 1 + RANGE_TOLERANCE]`. Traced images (under `jit`, `vmap`,
+    `grad`) cannot be inspected and pass unchanged: the computation then propagates NaN.
+    """
+    if isinstance(images, jax.core.Tracer) or not hasattr(images, "dtype"):
+        return
+    if getattr(images, "size", 1) == 0:
+        return
+    x = jnp.asarray(images)
+    finite = jnp.isfinite(x)
+    lo = jnp.min(jnp.where(finite, x, jnp.inf))
+    hi = jnp.max(jnp.where(finite, x, -jnp.inf))
+    n_bad = int(jnp.size(x) - jnp.sum(finite))
+    if n_bad:
+        raise ValueError(
+            f"{what} contain {n_bad} non-finite value(s) (NaN or inf) of {x.size}; jaxviz refuses them "
+            "rather than return a meaningless map. Check how the images were loaded or produced."
+        )
+    lo, hi = float(lo), float(hi)
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        hint = (
+            " They look like 0-255 values: divide by 255." if hi > 2 and lo >= -RANGE_TOLERANCE
+            else " They look normalised (negative values): jaxviz models normalise inside apply, so pass "
+            "the images in [0, 1] (undo the mean/std normalisation)." if lo < -RANGE_TOLERANCE
+            else " Clip them with jnp.clip(images, 0, 1)."
+        )
+        raise ValueError(
+            f"{what} must have values in [0, 1] (tolerance {RANGE_TOLERANCE}); got min {lo:.4g}, max {hi:.4g}.{hint}"
+        )
+
+
 def _default_relu(x):
     return jax.nn.relu(x)
 
@@ -190,6 +228,9 @@ class Model:
                 f"{self.name} needs images of at least {self.min_size[0]}x{self.min_size[1]} pixels; "
                 f"got {shape[1]}x{shape[2]}."
             )
+        if shape[0] == 0:
+            raise ValueError(f"{self.name} got an empty batch (shape {tuple(shape)}): pass at least one image.")
+        check_pixel_values(images, what=f"images for {self.name}")
 
     def apply(
         self,

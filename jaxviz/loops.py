@@ -119,7 +119,9 @@ def scan(
     n = _length(xs, length)
     mode = resolve(loop, consts, carry, xs)
     if mode == "scan":
-        return lax.scan(lambda c, x: fn(static, consts, c, x), carry, xs, length=n)
+        # One module-level jitted scan keyed on (fn, static, length): a second call with new
+        # values of the same shapes reuses the compilation (a fresh lambda would retrace).
+        return _scan_jit((fn, static, n), consts, carry, xs)
     step = jitted(fn)
     ys = []
     for i in range(n):
@@ -129,6 +131,14 @@ def scan(
     if not ys or all(y is None for y in ys):
         return carry, None
     return carry, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
+
+
+def _scan_all(config, consts, carry, xs):
+    fn, static, n = config
+    return lax.scan(lambda c, x: fn(static, consts, c, x), carry, xs, length=n)
+
+
+_scan_jit = jax.jit(_scan_all, static_argnums=0)
 
 
 def map(fn: Callable[[Any, Any, Any], Any], static: Any, consts: Any, xs: Any, *, loop: str = "auto") -> Any:

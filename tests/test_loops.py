@@ -79,3 +79,13 @@ def test_under_jit_and_vmap():
     batch = jax.vmap(lambda c: loops.scan(_step, (1.0,), consts, c, xs)[0])(jnp.stack([c0, 2 * c0]))
     ref2, _ = loops.scan(_step, (1.0,), consts, 2 * c0, xs, loop="python")
     np.testing.assert_allclose(batch[1], ref2, rtol=1e-6, atol=1e-6)
+
+
+def test_scan_mode_compiled_once_across_calls():
+    consts, c0, xs = _args()
+    loops.scan(_step, (3.0,), consts, c0, xs, loop="scan")
+    TRACES.clear()
+    for seed in (4, 5):
+        consts, c0, xs = _args(seed)
+        loops.scan(_step, (3.0,), consts, c0, xs, loop="scan")
+    assert TRACES == []

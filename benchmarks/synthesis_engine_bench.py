@@ -1,0 +1,169 @@
+"""Synthesis engine throughput: a feature-visualisation step in jaxviz against the same math in PyTorch.
+
+One step = lucid's render step: FFT parameterisation (1/f scaling, decorrelated colour, sigmoid) ->
+standard transforms (pad 12 constant 0.5, jitter 8, random scale 0.90-1.10, random rotation -10..10
+degrees, jitter 4) -> VGG16 (random weights, the same on both sides) up to relu4_3 -> minus the mean
+of one channel -> backward -> Adam (lr 0.05) update of the spectrum. The batch is E experiments (one
+image each, its own channel). JAX: `jaxviz.synthesis.optimize` with a Python loop over one jitted
+step (`loop="python"`) and with one jitted `lax.scan` (`loop="scan"`); PyTorch: the same math in
+eager mode (`torch.fft.irfftn`, `F.pad`, random crops, `affine_grid` + `grid_sample` for scale and
+rotation, `torchvision.models.vgg16().features[:23]`, `torch.optim.Adam`). Steps per second =
+steps / wall time after one warm-up run (compilation excluded); "jax/torch" > 1 means JAX is faster.
+
+    python benchmarks/synthesis_engine_bench.py                       # 128 px, batch 1, 20 steps
+    python benchmarks/synthesis_engine_bench.py --sizes 128,224 --batch 1 --steps 10
+
+The device is the default JAX backend and, for torch, CUDA when available (else CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from jaxviz import models  # noqa: E402
+from jaxviz.synthesis import optimize  # noqa: E402
+from jaxviz.synthesis import param as P  # noqa: E402
+from jaxviz.synthesis import transforms as T  # noqa: E402
+from weights_conversion.convert import convert_state_dict  # noqa: E402
+
+LAYER = "relu4_3"
+ADAM = optax.adam(0.05)
+TRANSFORMS = T.standard_transforms()
+
+
+def channel_loss(model, params, targets, images, key, step):
+    acts = model.apply(params, images, until=LAYER)[LAYER]
+    return -jnp.take_along_axis(acts.mean(axis=(1, 2)), targets[:, None], axis=1)[:, 0]
+
+
+def jax_run(model, params, size, batch, steps, loop):
+    p = P.FFT((size, size, 3))
+    raw0 = p.init(jax.random.key(0), batch)
+    targets = jnp.arange(batch, dtype=jnp.int32)
+    kw = dict(steps=steps, key=jax.random.key(1), param=p, targets=targets, transforms=TRANSFORMS, static=model, loop=loop)
+    optimize(channel_loss, params, raw0, ADAM, **kw).images.block_until_ready()  # warm-up / compile
+    t0 = time.perf_counter()
+    res = optimize(channel_loss, params, raw0, ADAM, **kw)
+    res.images.block_until_ready()
+    return steps / (time.perf_counter() - t0), res
+
+
+def torch_step_fn(torch, net, size, batch, device):
+    import torch.nn.functional as F
+
+    h = w = size
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[: w // 2 + 1]
+    scale = 1.0 / np.maximum(np.sqrt(fx * fx + fy * fy), 1.0 / max(h, w))
+    scale_t = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, :, :, None]
+    m = torch.tensor(P.COLOR_CORRELATION, dtype=torch.float32, device=device)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+    spectrum = (torch.randn(batch, 3, h, w // 2 + 1, 2, device=device) * 0.01).requires_grad_(True)
+    opt = torch.optim.Adam([spectrum], lr=0.05)
+    scales = torch.tensor(T.STANDARD_SCALES, device=device)
+    degrees = torch.tensor(T.STANDARD_DEGREES, device=device)
+    targets = torch.arange(batch, device=device)
+
+    def crop(x, d):
+        oy, ox = np.random.randint(0, d + 1, 2)
+        return x[:, :, oy : oy + x.shape[2] - d, ox : ox + x.shape[3] - d]
+
+    def affine(x, a):
+        grid = F.affine_grid(a.expand(x.shape[0], 2, 3), list(x.shape), align_corners=True)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def step():
+        opt.zero_grad()
+        t = torch.fft.irfftn(torch.view_as_complex(spectrum * scale_t), s=(h, w), dim=(2, 3), norm="ortho") / 4.0
+        img = torch.sigmoid(torch.einsum("bjhw,ij->bihw", t, m))
+        x = F.pad(img, (12, 12, 12, 12), value=0.5)
+        x = crop(x, 8)
+        s = scales[np.random.randint(len(scales))]
+        x = affine(x, torch.stack([torch.stack([1 / s, 0 * s, 0 * s]), torch.stack([0 * s, 1 / s, 0 * s])])[None])
+        r = degrees[np.random.randint(len(degrees))] * math.pi / 180
+        c, sn = torch.cos(r), torch.sin(r)
+        x = affine(x, torch.stack([torch.stack([c, -sn, 0 * c]), torch.stack([sn, c, 0 * c])])[None])
+        x = crop(x, 4)
+        acts = net((x - mean) / std)
+        loss = -acts.mean(dim=(2, 3))[torch.arange(batch), targets].sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="128")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-scan", action="store_true")
+    args = parser.parse_args(argv)
+
+    model = models.get("vgg16")
+    torch = None
+    if not args.no_torch:
+        import torch as _torch
+        import torchvision
+
+        torch = _torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(0)
+        full = torchvision.models.vgg16(weights=None).eval()
+        params = convert_state_dict({k: v.numpy() for k, v in full.state_dict().items()}, "vgg16")
+        net = full.features[:23].to(device).requires_grad_(False)  # up to relu4_3
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.ReLU):
+                mod.inplace = False
+    else:
+        params = jax.jit(model.init)(jax.random.key(0))
+        device = "-"
+    params = jax.device_put(jax.tree.map(jnp.asarray, params))
+
+    dev = jax.devices()[0]
+    print(f"# feature-visualisation step: VGG16 (random weights) to {LAYER}, FFT + decorrelation + sigmoid, "
+          f"standard transforms, Adam 0.05; batch {args.batch}; {args.steps} timed steps after a warm-up run")
+    print(f"# jax {jax.__version__} on {dev.platform}:{dev.device_kind}", end="")
+    if torch is not None:
+        print(f"; torch {torch.__version__} on {device} ({torch.get_num_threads()} threads)", end="")
+    print(f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"{'size':>5} {'jax python steps/s':>19} {'jax scan steps/s':>17} {'torch steps/s':>14} {'jax/torch':>9} {'scan/python':>11}")
+    for size in [int(s) for s in args.sizes.split(",")]:
+        py, _ = jax_run(model, params, size, args.batch, args.steps, "python")
+        sc = float("nan") if args.no_scan else jax_run(model, params, size, args.batch, args.steps, "scan")[0]
+        line = f"{size:>5} {py:>19.2f} {sc:>17.2f}"
+        if torch is not None:
+            step = torch_step_fn(torch, net, size, args.batch, device)
+            step()  # warm-up
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync()
+            ts = args.steps / (time.perf_counter() - t0)
+            best = max(py, sc) if not math.isnan(sc) else py
+            line += f" {ts:>14.2f} {best / ts:>9.2f}"
+        else:
+            line += f" {'-':>14} {'-':>9}"
+        line += f" {sc / py:>11.2f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

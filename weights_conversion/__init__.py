@@ -8,7 +8,10 @@
     params, arch = jaxviz.io.load_params(path)                                   # no torch needed
 
 Checkpoints are read with `torch.load(..., weights_only=True)` only (no arbitrary unpickling), and
-written as a flat `.npz`. torch is imported only when a checkpoint is read.
+written as a flat `.npz` with `jaxviz.io.atomic_write` (never over the checkpoint itself; no partial
+or temporary file is left by an error, Ctrl-C or SIGTERM). Weights that are not floating point or
+not finite are refused, naming the keys. torch is imported only when a checkpoint is read, but its
+presence is checked before anything else is done.
 """
 
 from weights_conversion.checkpoint import (
@@ -19,6 +22,7 @@ from weights_conversion.checkpoint import (
     load_checkpoint,
     network_probe,
     official_checkpoint,
+    require_torch,
     verify_hash,
 )
 from weights_conversion.cli import main
@@ -50,6 +54,7 @@ __all__ = [
     "matching_architectures",
     "network_probe",
     "official_checkpoint",
+    "require_torch",
     "torch_keys",
     "verify_hash",
 ]

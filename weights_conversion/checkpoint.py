@@ -2,26 +2,30 @@
 
 Checkpoints are read with `torch.load(..., map_location="cpu", weights_only=True)` only: a `.pth`
 file is a pickle, and unpickling arbitrary objects can run arbitrary code. When loading fails, the
-file's first bytes tell a truncated download from a text file, random bytes, or a pickled whole
-model, so the error can say which it is.
+error says what the file is, in one line: a pickle that would run code (e.g. one calling
+`posix.system`), a pickled whole model, a TorchScript archive, a truncated download, a text or HTML
+file, random bytes. Only regular files are opened (a FIFO or device is refused from `os.stat`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
+import stat
 import socket
 import sys
 import threading
 import urllib.parse
 import urllib.request
+import zipfile
 from typing import Callable, Mapping, Optional
 
 import numpy as np
 
 from jaxviz import models
-from weights_conversion.convert import ConversionError
+from weights_conversion.convert import ConversionError, check_keys, tensor_kind_problem
 
 #: The official torchvision ImageNet-1k checkpoints (`<arch>_Weights.IMAGENET1K_V1`). Used to find
 #: a cached copy or fail offline without the slow torchvision import, and when torchvision is not
@@ -47,14 +51,25 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 PROBE_TIMEOUT_S = 3.0
 
 
+_NEEDS_TORCH = "reading torchvision checkpoints (.pth) needs torch: pip install 'jaxviz[convert]' (or pip install torch)"
+
+
+def require_torch() -> None:
+    """Raise a `ConversionError` at once if torch is not installed (found without importing it,
+    which takes seconds), so that nothing else (a download, reading a file) happens first."""
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        found = False
+    if not found:
+        raise ConversionError(f"{_NEEDS_TORCH}. torch is not installed in this Python ({sys.executable}).")
+
+
 def _torch():
     try:
         import torch
     except ImportError as e:
-        raise ConversionError(
-            "reading torchvision checkpoints (.pth) needs torch: pip install 'jaxviz[convert]' "
-            f"(or pip install torch). ({e})"
-        ) from e
+        raise ConversionError(f"{_NEEDS_TORCH}. ({e})") from e
     return torch
 
 
@@ -78,7 +93,7 @@ def default_hub_dir() -> str:
     """`torch.hub.get_dir()`: `$TORCH_HOME/hub`, else `$XDG_CACHE_HOME/torch/hub`, else
     `~/.cache/torch/hub`. Computed without importing torch (seconds) unless torch is already
     imported (then `torch.hub.set_dir` is honoured), so an offline failure is immediate."""
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:
         return sys.modules["torch"].hub.get_dir()
     cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
     return os.path.join(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))), "hub")
@@ -163,21 +178,103 @@ def _describe_header(path: str) -> str:
     return f"not a PyTorch checkpoint (it starts with the bytes {head[:8]!r})"
 
 
+# Modules whose functions, called while unpickling, run commands or code, or reach the system.
+_CODE_MODULES = frozenset(
+    "os posix nt subprocess builtins __builtin__ sys shutil socket runpy importlib pty code codeop webbrowser "
+    "ctypes multiprocessing pickle _pickle marshal types operator functools commands platform signal asyncio "
+    "pdb timeit ftplib http urllib requests pip setuptools distutils".split()
+)
+_CODE_FUNCTIONS = frozenset(
+    "system popen popen2 popen3 exec execv execve execl execvp spawnv spawnl eval compile call run check_call "
+    "check_output Popen getoutput getstatusoutput __import__ import_module getattr apply startfile".split()
+)
+
+
+def _missing_global(name: str) -> bool:
+    """Whether the dotted `name` certainly does not exist: its module is imported (never imported
+    here: importing a name from a hostile file could itself run code) but lacks the attribute (as
+    in a pickle cut off in the middle of a name, e.g. `torch._utils._rebuild_tens`)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is None:
+            continue
+        obj = module
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return True
+            obj = getattr(obj, attr)
+        return False
+    return False
+
+
+def _global_refused(path: str, name: str) -> ConversionError:
+    top, last = name.split(".")[0], name.split(".")[-1]
+    if _missing_global(name):
+        return ConversionError(
+            f"{path} is truncated or corrupt: its pickle names {name}, which does not exist (cut off mid-name?). "
+            "Download or copy it again."
+        )
+    if top in _CODE_MODULES or last in _CODE_FUNCTIONS:
+        return ConversionError(
+            f"{path} is a pickle that would run code when loaded (it calls {name}): not a plain state dict of "
+            "tensors. It was not loaded (torch.load(..., weights_only=True) refuses it); do not load it with "
+            "weights_only=False unless you know exactly where it comes from."
+        )
+    return ConversionError(
+        f"{path} contains a pickled Python object ({name}), not just tensors: probably a whole "
+        "model saved with torch.save(model). It is not loaded, because unpickling arbitrary objects can "
+        "run arbitrary code (torch.load(..., weights_only=True)). If you trust the file, re-save its "
+        "weights with torch.save(torch.load(path, weights_only=False).state_dict(), 'weights.pth')."
+    )
+
+
+_TORCHSCRIPT = (
+    "a TorchScript archive (torch.jit.save), not a state dict. If you trust it, get its weights with "
+    "torch.save(torch.jit.load(path).state_dict(), 'weights.pth') and convert that file"
+)
+
+
+def _zip_names(path: str) -> Optional[list[str]]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except Exception:  # not a zip, or a broken one: torch.load will say
+        return None
+
+
+def _is_torchscript(names: Optional[list[str]]) -> bool:
+    # torch.jit.save writes <name>/constants.pkl and <name>/code/...; torch.save never does.
+    return bool(names) and any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
 def _classify_load_error(path: str, error: Exception) -> ConversionError:
     size = os.path.getsize(path)
     message = str(error)
     if size == 0:
         return ConversionError(f"{path} is empty (0 bytes): an interrupted download or copy?")
+    if "TorchScript" in message:
+        return ConversionError(f"{path} is {_TORCHSCRIPT}.")
     if "Weights only load failed" in message:
-        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+        # torch words its refusals "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module
+        # x is blocked" (versions differ): match both.
+        match = re.search(r"unsupported (?:global:?\s+)?GLOBAL\s+([\w.]+)", message, re.IGNORECASE)
         if match:
-            return ConversionError(
-                f"{path} contains a pickled Python object ({match.group(1)}), not just tensors: probably a whole "
-                "model saved with torch.save(model). It is not loaded, because unpickling arbitrary objects can "
-                "run arbitrary code (torch.load(..., weights_only=True)). If you trust the file, re-save its "
-                "weights with torch.save(torch.load(path, weights_only=False).state_dict(), 'weights.pth')."
-            )
-        return ConversionError(f"{path} is {_describe_header(path)}.")
+            return _global_refused(path, match.group(1))
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if not (head == b"PK" or (head[:1] == b"\x80" and len(head) == 2 and 2 <= head[1] <= 5)):
+            return ConversionError(f"{path} is {_describe_header(path)}.")  # not a pickle at all
+        reasons = [line.strip() for line in message.splitlines()
+                   if re.search(r"WeightsUnpickler error|Trying to|Unsupported|truncated|EOF", line)]
+        reason = reasons[-1] if reasons else message.strip().splitlines()[-1]
+        if re.search(r"truncated|EOF|ran out of input", reason, re.IGNORECASE):
+            return ConversionError(f"{path} is truncated or corrupt ({size:,} bytes; torch says: {reason}). "
+                                   "Download or copy it again.")
+        return ConversionError(
+            f"{path} is not a plain state dict of tensors: torch's safe loader (weights_only=True) refused it "
+            f"({reason}). It was not loaded."
+        )
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04") or isinstance(error, EOFError) or "central directory" in message:
@@ -226,13 +323,25 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
 
     Raises:
       FileNotFoundError: no file at `path`.
-      ConversionError: the file is empty, truncated, not a checkpoint, a pickled whole model, or
-        not a state dict; the message says which.
+      ConversionError: torch is missing; the path is empty, a folder, a FIFO or a device; the file
+        is empty, truncated, not a checkpoint, a pickle that would run code, a pickled whole model, a
+        TorchScript archive, or not a state dict of plain tensors (non-string keys, quantized or
+        sparse tensors); the message says which, in one line.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path == "":
+        raise ConversionError("the checkpoint path is empty; give the .pth file to convert")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint file at {path}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConversionError(f"{path} is a folder, not a checkpoint file; give the .pth file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConversionError(f"{path} is not a regular file (a FIFO or device?); give a .pth checkpoint file")
     torch = _torch()
+    if _is_torchscript(_zip_names(path)):
+        raise ConversionError(f"{path} is {_TORCHSCRIPT}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # RuntimeError, EOFError, UnpicklingError, KeyError, ...
@@ -241,10 +350,27 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
 
 
 def _numpy_state_dict(obj, path: str) -> dict[str, np.ndarray]:
+    """`{key: np.ndarray}`: floating tensors as float32, others (e.g. batch norm's int64 counter) as they
+    are (`convert_state_dict` refuses non-floating weights). Quantized and sparse tensors and non-string
+    keys are refused here, naming them, since they cannot be turned into arrays faithfully."""
+    state_dict = _unwrap(obj, path)
+    try:
+        check_keys(state_dict)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    kinds = {k: tensor_kind_problem(t) for k, t in state_dict.items()}
+    special = [f"{k}: {p}" for k, p in kinds.items() if p and ("quantized" in p or "sparse" in p)]
+    if special:
+        raise ConversionError(
+            f"{path} holds tensors that are not plain dense weights ({len(special)}): " + "; ".join(special[:4])
+        )
     out = {}
-    for key, tensor in _unwrap(obj, path).items():
-        t = tensor.detach().cpu()
-        out[key] = (t.float() if t.is_floating_point() else t).numpy()
+    for key, tensor in state_dict.items():
+        try:
+            t = tensor.detach().cpu()
+            out[key] = (t.float() if t.is_floating_point() else t).numpy()
+        except Exception as e:  # e.g. a meta tensor, an exotic dtype
+            raise ConversionError(f"{path}: entry {key} cannot be read as an array ({type(e).__name__}: {e})") from e
     return out
 
 

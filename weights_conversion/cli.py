@@ -8,7 +8,6 @@ import time
 from typing import Optional, Sequence
 
 from jaxviz import models
-from weights_conversion.convert import ConversionError
 from weights_conversion.pipeline import convert_checkpoint
 
 _EPILOG = """examples:
@@ -29,19 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="a torchvision state dict (.pth); default: the official ImageNet checkpoint from "
                         "torch's hub cache, downloaded if missing")
-    parser.add_argument("--output", metavar="PATH", help="params file to write (default: ./<ARCH>.npz)")
+    parser.add_argument("--output", metavar="PATH",
+                        help="params file to write (default: ./<ARCH>.npz); never the checkpoint itself")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0 done, 1 failed with a message on stderr,
-    2 bad arguments)."""
+    """Run the command line; returns the exit status (0 done, 1 failed with a one-line message on
+    stderr, 2 bad arguments). SIGTERM during the write ends it with status 143 after removing the
+    temporary file (`jaxviz.io.atomic_write`)."""
     args = build_parser().parse_args(argv)
     start = time.time()
     try:
         path = convert_checkpoint(args.arch, args.checkpoint, args.output, args.force)
-    except (ConversionError, OSError) as e:
+    except (ValueError, OSError) as e:  # ConversionError is a ValueError; jaxviz.io raises ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({args.arch}) in {time.time() - start:.1f} s; load it with jaxviz.io.load_params({path!r})")

@@ -10,7 +10,10 @@ The layout changes are the whole conversion:
 
 Before converting, the state dict's keys and shapes are checked against the architecture, so a
 checkpoint of another network fails with a message that names the missing, unexpected or
-wrong-shaped entries (and the architecture the checkpoint does match, when one does).
+wrong-shaped entries (and the architecture the checkpoint does match, when one does). Values are
+never changed silently: integer, boolean, complex, quantized or sparse tensors where torchvision has
+floating-point weights are refused (naming the keys), and so are NaN or inf weights (a network with
+them gives NaN or wrong answers everywhere; no trained torchvision network has them).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from jaxviz import models
+from jaxviz import io, models
 
 
 class ConversionError(ValueError):
@@ -98,7 +101,7 @@ def _shape(value) -> tuple[int, ...]:
 
 
 def _listing(items, limit: int = 8) -> str:
-    items = list(items)
+    items = [str(i) for i in items]
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
@@ -129,11 +132,55 @@ def matching_architectures(shapes: Mapping[str, tuple], *, by_name_only: bool = 
     return found
 
 
-def check_state_dict(state_dict: Mapping, arch: str) -> None:
-    """Raise a `ConversionError` unless `state_dict` has exactly the entries and shapes of `arch`.
+def check_keys(state_dict: Mapping) -> None:
+    """Raise a `ConversionError` unless every key of `state_dict` is a string (a torchvision state
+    dict's are `"features.0.weight"` ...)."""
+    bad = [f"{k!r} ({type(k).__name__})" for k in state_dict if not isinstance(k, str)]
+    if bad:
+        raise ConversionError(
+            f"the state dict has keys that are not strings: {_listing(bad, 4)}; a torchvision state dict's keys are "
+            "parameter names such as 'features.0.weight'"
+        )
 
-    The message names the missing keys, the unexpected keys and every wrong shape (key, expected,
-    got), and which known architecture the checkpoint matches if it is another one.
+
+def tensor_kind_problem(value) -> Optional[str]:
+    """Why `value` (a torch tensor or numpy array) cannot be a floating-point weight, or `None`.
+
+    Quantized (`torch.qint8` ...) and sparse tensors, and integer, boolean or complex dtypes, are
+    problems: converting them to float32 would change the numbers without a word."""
+    if hasattr(value, "is_quantized") and value.is_quantized:
+        return f"a quantized tensor ({value.dtype}): dequantize it (tensor.dequantize()) or use the float checkpoint"
+    layout = getattr(value, "layout", None)
+    if layout is not None and "strided" not in str(layout):
+        return f"a sparse tensor ({layout}): save tensor.to_dense() instead"
+    if hasattr(value, "is_floating_point"):  # torch
+        return None if value.is_floating_point() else f"{value.dtype} values, not floating point"
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return f"a {type(value).__name__}, not a tensor"
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return f"{dtype} values, not floating point"
+    return None if io.is_floating(dtype) else f"{dtype} values, not floating point"
+
+
+def _check_dtypes(state_dict: Mapping, arch: str) -> None:
+    problems = [f"{k}: {p}" for k in expected_torch_shapes(arch) if (p := tensor_kind_problem(state_dict[k]))]
+    if problems:
+        raise ConversionError(
+            f"the checkpoint's weights for {arch} must be floating point (torchvision's are float32); converting "
+            f"these would silently change them: {_listing(problems, 4)}"
+        )
+
+
+def check_state_dict(state_dict: Mapping, arch: str) -> None:
+    """Raise a `ConversionError` unless `state_dict` has exactly the entries, shapes and kinds of `arch`.
+
+    The message names non-string keys; the missing keys, the unexpected keys and every wrong shape
+    (key, expected, got), and which known architecture the checkpoint matches if it is another
+    one; and entries that are not floating-point weights (integer, boolean, complex, quantized or
+    sparse tensors), which would otherwise be converted to float32 silently.
     """
     if arch not in models.IMAGENET_ARCHITECTURES:
         raise ConversionError(
@@ -142,9 +189,11 @@ def check_state_dict(state_dict: Mapping, arch: str) -> None:
         )
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise ConversionError(f"expected a non-empty state dict {{name: tensor}}; got {type(state_dict).__name__}")
+    check_keys(state_dict)
     shapes = {k: _shape(v) for k, v in state_dict.items()}
     missing, unexpected, wrong = _mismatches(shapes, arch)
     if not missing and not unexpected and not wrong:
+        _check_dtypes(state_dict, arch)
         return
     problems = []
     if missing:
@@ -213,13 +262,23 @@ def convert_state_dict(state_dict: Mapping[str, "np.ndarray"], arch: str, *, dty
       `{layer: {param: np.ndarray}}`, the shapes of `jaxviz.models.get(arch).param_shapes()`.
 
     Raises:
-      ConversionError: unknown `arch`, or keys missing / unexpected / of the wrong shape (the message
-        names them, and the architecture the state dict does match if there is one).
+      ConversionError: unknown `arch`; keys missing / unexpected / of the wrong shape (the message
+        names them, and the architecture the state dict does match if there is one); entries that
+        are not floating point (integer, boolean, complex, quantized, sparse); or NaN / inf values
+        (refused rather than warned about: every activation they reach becomes NaN or wrong, and
+        no trained network has them; the message names the keys and counts).
     """
     check_state_dict(state_dict, arch)
     model = models.get(arch)
     expected = expected_torch_shapes(arch)
-    sd = {k: _as_numpy(state_dict[k]).astype(dtype, copy=False) for k in expected}
+    with np.errstate(over="ignore"):  # reported below, by key
+        sd = {k: _as_numpy(state_dict[k]).astype(dtype, copy=False) for k in expected}
+    bad = io.find_nonfinite(sd)  # after the cast: a float64 value beyond float32's range becomes inf
+    if bad:
+        raise ConversionError(
+            f"the checkpoint holds non-finite weights (as {np.dtype(dtype).name}): {io.nonfinite_message(bad)}. A "
+            "network with NaN or inf weights gives NaN or wrong results everywhere; not converted."
+        )
     pooled = next(s.output_size for s in model.layers if s.kind == "adaptive_avgpool")
     first_fc = next(s.name for s in model.layers if s.kind == "fc")
     params = {}

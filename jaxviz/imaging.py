@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.io import atomic_write
+
 Array = jax.Array
 
 
@@ -34,15 +36,19 @@ def to_uint8(image) -> np.ndarray:
 
 
 def save_image(path, image) -> str:
-    """Save `[H, W, 3]`, `[H, W, 1]` or `[H, W]` float in [0, 1] as PNG/JPEG (by extension)."""
+    """Save `[H, W, 3]`, `[H, W, 1]` or `[H, W]` float in [0, 1] as PNG/JPEG (by extension), atomically."""
     from PIL import Image
 
+    path = os.fspath(path)
     arr = to_uint8(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return str(path)
+    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the image format from the extension of {path!r} (use .png, .jpg ...)")
+    with atomic_write(path) as f:  # a failed write leaves no partial image
+        Image.fromarray(arr).save(f, format=fmt)
+    return path
 
 
 def resize(images: Array, size: Sequence[int], method: str = "bilinear", antialias: bool = True) -> Array:
@@ -157,6 +163,18 @@ def attribution_to_heat(attr: Array, sign: str = "absolute", clip_percentile: fl
     flat = attr.reshape(attr.shape[0], -1)
     top = jnp.percentile(flat, clip_percentile, axis=1).reshape(-1, 1, 1)
     return jnp.clip(attr / jnp.maximum(top, 1e-12), 0.0, 1.0)
+
+
+def signed_to_unit(x: Array, axis=None, clip_percentile: float = 99.0) -> Array:
+    """Show a signed map in [0, 1] with 0 at 0.5 (mid-grey), symmetric about it.
+
+    `x / (2 s) + 0.5`, clipped, where `s` is the `clip_percentile` percentile of `|x|` over `axis`
+    (`None`: the whole array; `(1, 2)` per map of `[N, H, W]`). So 0 and 1 stand for `-s` and `+s`
+    and the sign of every value is kept, unlike `gradient_image`, which centres on the mean.
+    """
+    x = jnp.asarray(x)
+    s = jnp.percentile(jnp.abs(x), clip_percentile, axis=axis, keepdims=True)
+    return jnp.clip(x / (2.0 * jnp.maximum(s, 1e-12)) + 0.5, 0.0, 1.0)
 
 
 def gradient_image(grad: Array, scale: float = 0.15) -> Array:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz import cli
+from jaxviz import cli, demo
 
 MODULES = ["jaxviz", "jaxviz.models", "jaxviz.objectives", "jaxviz.attribution", "jaxviz.inspection",
            "jaxviz.embedding", "jaxviz.segmentation", "jaxviz.plot", "jaxviz.imaging", "jaxviz.data",
@@ -26,6 +26,32 @@ def test_all_names_resolve(name):
         obj = getattr(module, n)
         if callable(obj) and getattr(obj, "__module__", "").startswith("jaxviz"):
             assert obj.__doc__, f"{name}.{n} has no docstring"
+
+
+def test_every_documented_name_imports():
+    # `jaxviz` imports its submodules on first use (PEP 562): each name in __all__ and the README's
+    # import lines must still work, in a fresh interpreter where nothing was imported before.
+    import subprocess
+    import sys
+
+    code = (
+        "import jaxviz, sys\n"
+        "assert 'jax' not in sys.modules, 'import jaxviz imported jax'\n"
+        "from jaxviz import attribution, inspection, models, objectives, plot, segmentation, embedding, imaging\n"
+        "from jaxviz import data, train, io, loops, pretrained, load_params, save_params, check_params\n"
+        "from jaxviz import Model, decode_predictions, from_flax, receptive_field\n"
+        "import jaxviz.plot, jaxviz.models.base\n"
+        "for name in jaxviz.__all__:\n"
+        "    assert getattr(jaxviz, name) is not None, name\n"
+        "    assert name in dir(jaxviz), name\n"
+        "assert jaxviz.load_params is jaxviz.io.load_params and jaxviz.Model is jaxviz.models.Model\n"
+        "print('ok', len(jaxviz.__all__))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        jaxviz.nonexistent
+    assert set(jaxviz.__all__) >= {"attribution", "inspection", "models", "objectives", "plot", "load_params", "Model"}
 
 
 def test_readme_names_exist():
@@ -71,8 +97,16 @@ def test_demo_end_to_end(tmp_path, digits_training, monkeypatch, capsys):
     for name in ["digits_attribution.png", "digits_patches.png", "digits_tsne_grid.png", "digits_neighbours_pixels.png",
                  "vgg16_filters.png", "README.md"]:
         assert name in files, files
+    assert not [f for f in files if f.startswith(".tmp-")], files  # pictures and README written atomically
     readme = (out / "README.md").read_text()
-    assert "held-out accuracy" in readme and "RANDOM" in readme
+    assert "held-out accuracy" in readme and "RANDOM" in readme and "Status: **complete**" in readme
+    for name in files:  # the README describes exactly the pictures written
+        if name.endswith(".png"):
+            assert f"`{name}`" in readme, name
+    # Never silent for long: a line at least every HEARTBEAT_S seconds (the issue saw 73 s of
+    # silence). The bound allows for a loaded machine: a line can wait for a busy interpreter.
+    stamps = [float(line[1:line.index("s]")]) for line in printed.splitlines() if line.startswith("[")]
+    assert max(np.diff(stamps)) < 3 * demo.HEARTBEAT_S, np.diff(stamps)
     from PIL import Image
 
     with Image.open(out / "digits_attribution.png") as im:

@@ -196,8 +196,9 @@ def test_optimal_layout_no_worse_than_greedy():
         cells = E.grid_layout(emb, 8, 8, method=method)
         cx, cy = cells % 8, cells // 8
         lo, hi = emb.min(0), emb.max(0)
-        g = (emb - lo) / (hi - lo) * 7
-        cost[method] = ((g[:, 0] - cx) ** 2 + (g[:, 1] - cy) ** 2).sum()
+        gx = (emb[:, 0] - lo[0]) / (hi[0] - lo[0]) * 7
+        gy = (hi[1] - emb[:, 1]) / (hi[1] - lo[1]) * 7  # the largest y in row 0 (the top)
+        cost[method] = ((gx - cx) ** 2 + (gy - cy) ** 2).sum()
     assert cost["optimal"] <= cost["greedy"] + 1e-9
 
 

@@ -89,11 +89,13 @@ def check_pixel_values(images, what: str = "images") -> None:
         return
     if getattr(images, "size", 1) == 0:
         return
-    x = jnp.asarray(images)
-    finite = jnp.isfinite(x)
-    lo = jnp.min(jnp.where(finite, x, jnp.inf))
-    hi = jnp.max(jnp.where(finite, x, -jnp.inf))
-    n_bad = int(jnp.size(x) - jnp.sum(finite))
+    # Concrete images closed over inside a user's `jit` are still concrete: evaluate eagerly.
+    with jax.ensure_compile_time_eval():
+        x = jnp.asarray(images)
+        finite = jnp.isfinite(x)
+        lo = jnp.min(jnp.where(finite, x, jnp.inf))
+        hi = jnp.max(jnp.where(finite, x, -jnp.inf))
+        n_bad = int(jnp.size(x) - jnp.sum(finite))
     if n_bad:
         raise ValueError(
             f"{what} contain {n_bad} non-finite value(s) (NaN or inf) of {x.size}; jaxviz refuses them "
@@ -113,7 +115,9 @@ def check_pixel_values(images, what: str = "images") -> None:
 
 
 def _default_relu(x):
-    return jax.nn.relu(x)
+    # max(x, 0) with NaN kept: XLA on CPU fuses max(x, 0) into a following max/mean reduction in
+    # a way that turns NaN into 0 (a NaN image then gave finite Grad-CAM weights). Same gradient.
+    return jnp.where(jnp.isnan(x), x, jax.nn.relu(x))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

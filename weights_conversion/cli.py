@@ -8,11 +8,13 @@ import time
 from typing import Optional, Sequence
 
 from jaxviz import models
+from weights_conversion import fast_style
 from weights_conversion.pipeline import convert_checkpoint
 
 _EPILOG = """examples:
   python -m weights_conversion vgg16                          # official weights (hub cache or download)
   python -m weights_conversion vgg16 --checkpoint vgg16-397923af.pth --output weights/vgg16.npz
+  python -m weights_conversion fast_style mosaic.pth --output mosaic.npz   # pytorch/examples fast_neural_style
 """
 
 
@@ -38,6 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 failed with a one-line message on
     stderr, 2 bad arguments). SIGTERM during the write ends it with status 143 after removing the
     temporary file (`jaxviz.io.atomic_write`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("fast_style", "fast-style"):
+        return fast_style.main(argv[1:])  # pytorch/examples TransformerNet state dicts
     args = build_parser().parse_args(argv)
     start = time.time()
     try:

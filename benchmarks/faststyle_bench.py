@@ -1,0 +1,217 @@
+"""Fast style transfer throughput: jaxviz (JAX) against a PyTorch TransformerNet, one process.
+
+Inference: images per second of the pytorch/examples-layout transformation network (1,679,235
+parameters) at 256 px (batch 4) and 1024 px (batch 1); the same converted weights on both sides (the
+torch network is written here from the layout description; its state dict goes through
+`weights_conversion.fast_style`). Training: optimiser steps per second at 256 px, batch 4, with
+pytorch/examples' perceptual loss (VGG16 relu2_2 content 1e5, relu1_2..relu4_3 Gram/(CHW) style 1e10,
+Adam 1e-3) on both sides, the loss network with random weights (torchvision's initialisation,
+converted). JAX: `faststyle.stylize` and `faststyle.train_step` (jitted; compilation is warm-up);
+torch: eager, `torch.inference_mode` for inference. Each number is the median of `--repeats` calls
+after one warm-up call.
+
+    python benchmarks/faststyle_bench.py                      # 256 and 1024 px inference, 256 px training
+    python benchmarks/faststyle_bench.py --sizes 256 --repeats 3 --train-batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from jaxviz import faststyle, models  # noqa: E402
+from jaxviz.faststyle.train import DEFAULT_OPTIMIZER, train_step  # noqa: E402
+from weights_conversion.convert import convert_state_dict as convert_vgg  # noqa: E402
+from weights_conversion.fast_style import convert_state_dict  # noqa: E402
+
+
+def torch_networks(device):
+    import torch
+    from torch import nn
+
+    class PadConv(nn.Module):
+        def __init__(self, cin, cout, k, stride=1, upsample=False):
+            super().__init__()
+            self.upsample, self.pad, self.conv2d = upsample, nn.ReflectionPad2d(k // 2), nn.Conv2d(cin, cout, k, stride)
+
+        def forward(self, x):
+            if self.upsample:
+                x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+            return self.conv2d(self.pad(x))
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1, self.in1 = PadConv(c, c, 3), nn.InstanceNorm2d(c, affine=True)
+            self.conv2, self.in2 = PadConv(c, c, 3), nn.InstanceNorm2d(c, affine=True)
+
+        def forward(self, x):
+            return x + self.in2(self.conv2(torch.relu(self.in1(self.conv1(x)))))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            norm = lambda c: nn.InstanceNorm2d(c, affine=True)  # noqa: E731
+            self.conv1, self.in1 = PadConv(3, 32, 9), norm(32)
+            self.conv2, self.in2 = PadConv(32, 64, 3, 2), norm(64)
+            self.conv3, self.in3 = PadConv(64, 128, 3, 2), norm(128)
+            for i in range(1, 6):
+                setattr(self, f"res{i}", Block(128))
+            self.deconv1, self.in4 = PadConv(128, 64, 3, upsample=True), norm(64)
+            self.deconv2, self.in5 = PadConv(64, 32, 3, upsample=True), norm(32)
+            self.deconv3 = PadConv(32, 3, 9)
+
+        def forward(self, x):
+            y = torch.relu(self.in1(self.conv1(x)))
+            y = torch.relu(self.in2(self.conv2(y)))
+            y = torch.relu(self.in3(self.conv3(y)))
+            for i in range(1, 6):
+                y = getattr(self, f"res{i}")(y)
+            y = torch.relu(self.in4(self.deconv1(y)))
+            y = torch.relu(self.in5(self.deconv2(y)))
+            return self.deconv3(y)
+
+    torch.manual_seed(0)
+    import torchvision
+
+    vgg = torchvision.models.vgg16(weights=None)
+    return Net().to(device), vgg
+
+
+def median_time(fn, sync, repeats):
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="256,1024", help="inference image sizes ('' for none)")
+    parser.add_argument("--infer-batch", default="4,1", help="inference batch per size")
+    parser.add_argument("--train-size", type=int, default=256)
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tnet, tvgg = torch_networks(device)
+    params = jax.device_put(convert_state_dict(tnet.state_dict()))
+    net = faststyle.TransformerNet(crop=False)  # pytorch/examples' output size, as torch
+    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({device}, "
+          f"{torch.get_num_threads()} threads), {platform.machine()}, {os.cpu_count()} CPUs; float32")
+    rows = []
+    sync_t = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    batches = [int(b) for b in args.infer_batch.split(",") if b]
+    for size, batch in zip(sizes, batches):
+        x = np.random.default_rng(0).random((batch, size, size, 3)).astype(np.float32)
+        xj = jnp.asarray(x)
+        out = {}
+
+        def run_jax():
+            out["j"] = faststyle.stylize(params, xj, net=net, clip=False)
+
+        tj = median_time(run_jax, lambda: out["j"].block_until_ready(), args.repeats)
+        line = {"what": f"inference {size}px", "batch": batch, "jax": batch / tj}
+        if not args.no_torch:
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).to(device) * 255
+
+            def run_torch():
+                with torch.inference_mode():
+                    out["t"] = tnet(xt) / 255
+
+            tt = median_time(run_torch, sync_t, args.repeats)
+            diff = float(np.max(np.abs(np.asarray(out["j"]) - out["t"].cpu().numpy().transpose(0, 2, 3, 1))))
+            line.update(torch=batch / tt, diff=diff)
+        rows.append(line)
+        print(line, flush=True)
+
+    if not args.no_train:
+        b, s = args.train_batch, args.train_size
+        model = models.get("vgg16")
+        vgg_params = jax.device_put(convert_vgg(
+            {k: v.numpy() for k, v in tvgg.state_dict().items()}, "vgg16"))
+        loss = faststyle.PYTORCH_EXAMPLES
+        style = np.random.default_rng(1).random((s, s, 3)).astype(np.float32)
+        targets = faststyle.style_targets(loss, vgg_params, [style])
+        x = jnp.asarray(np.random.default_rng(2).random((b, s, s, 3)).astype(np.float32))
+        w = jnp.ones((b, 1), jnp.float32)
+        state = {"p": params, "o": DEFAULT_OPTIMIZER.init(params)}
+
+        def step_jax():
+            state["p"], state["o"], state["m"] = train_step(net, loss, DEFAULT_OPTIMIZER, state["p"], state["o"],
+                                                            vgg_params, targets, x, w)
+
+        tj = median_time(step_jax, lambda: jax.block_until_ready(state["m"]), args.repeats)
+        line = {"what": f"train step {s}px", "batch": b, "jax": 1 / tj}
+        if not args.no_torch:
+            features = tvgg.features[:23].to(device).eval().requires_grad_(False)
+            taps = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"}
+            mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+
+            def feats(img01):
+                h, outs = (img01 - mean) / std, {}
+                for i, layer in enumerate(features):
+                    h = layer(h)
+                    if i in taps:
+                        outs[taps[i]] = h
+                return outs
+
+            def gram(f):
+                n, c, hh, ww = f.shape
+                f = f.view(n, c, hh * ww)
+                return f.bmm(f.transpose(1, 2)) / (c * hh * ww)
+
+            st = torch.from_numpy(style.transpose(2, 0, 1)[None]).to(device)
+            with torch.no_grad():
+                gs = {k: gram(v) for k, v in feats(st).items()}
+            opt = torch.optim.Adam(tnet.parameters(), 1e-3)
+            xt = torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).to(device)
+            mse = torch.nn.functional.mse_loss
+
+            def step_torch():
+                opt.zero_grad()
+                y = tnet(xt * 255) / 255
+                fy, fx = feats(y), feats(xt)
+                content = 1e5 * mse(fy["relu2_2"], fx["relu2_2"])
+                style_l = 1e10 * sum(mse(gram(fy[k]), gs[k].expand(b, -1, -1)) for k in gs)
+                (content + style_l).backward()
+                opt.step()
+
+            tt = median_time(step_torch, sync_t, args.repeats)
+            line.update(torch=1 / tt)
+        rows.append(line)
+        print(line, flush=True)
+
+    print("\n| measurement | batch | jax /s | torch /s | jax/torch |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        unit = "steps" if r["what"].startswith("train") else "images"
+        t = r.get("torch")
+        print(f"| {r['what']} ({unit}/s) | {r['batch']} | {r['jax']:.3g} | {t:.3g} | {r['jax'] / t:.2f} |" if t
+              else f"| {r['what']} ({unit}/s) | {r['batch']} | {r['jax']:.3g} | - | - |")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,6 +47,14 @@ def _last(model, layers):
     return max(layers, key=model.index)
 
 
+def _experiment_keys(key, n: int) -> Array:
+    if jnp.ndim(key) == 0:
+        return jax.random.split(key, n)
+    if jnp.shape(key) != (n,):
+        raise ValueError(f"key must be one key or [n] = [{n}] keys; got shape {jnp.shape(key)}")
+    return key
+
+
 def check_layers(model: base.Model, layers: Sequence[str], what: str = "layer") -> tuple[str, ...]:
     """Every name must be a spatial layer of `model` (clear error otherwise)."""
     layers = tuple(layers)
@@ -93,8 +101,9 @@ def synthesize(
       model, params: any jaxviz `Model` and its params (passed as jit arguments).
       sources: `[S, H, W, 3]` in [0, 1], at least the model's minimum size.
       size: `(height, width)` of the outputs (any size >= the model's minimum).
-      key: PRNG key; experiment i starts from its own noise (`init_sd` around grey 0.5).
-      n: number of textures (experiments, batched; each equals a one-by-one run with its key).
+      key: one PRNG key (split into n) or `[n]` keys; experiment i starts from its own noise
+        (`init_sd` around grey 0.5) and depends only on its key.
+      n: number of textures (experiments, batched; each equals a one-by-one run given its key).
       layers, layer_weights: matched layers and their weights (default equal, 1 each).
       source_weights: blend weights of the sources (normalised to sum 1; default equal).
       convention: Gram convention (`jaxviz.synthesis.losses`; default "gatys", the paper's E_l).
@@ -120,8 +129,9 @@ def synthesize(
     target = targets_for(model, params, sources, layers=layers, convention=convention, weights=source_weights, pool=pool)
     targets = jax.tree_util.tree_map(lambda t: jnp.repeat(t, n, axis=0), target)
     pix = param.Pixels((int(size[0]), int(size[1]), 3), squash="clip", sd=float(init_sd))
-    k_init, k_run = jax.random.split(key)
-    raw0 = pix.init(k_init, int(n))
+    keys = _experiment_keys(key, int(n))
+    # Experiment i's start and steps depend only on keys[i]: a batch equals one-by-one runs.
+    raw0 = jax.vmap(lambda k: pix.init(jax.random.fold_in(k, 0), 1)[0])(keys)
     static = (model, layers, convention, pool, layer_weights)
     return engine.optimize(
         _texture_loss,
@@ -129,7 +139,7 @@ def synthesize(
         raw0,
         default_optimizer() if optimizer is None else optimizer,
         steps=steps,
-        key=k_run,
+        key=keys,
         param=pix,
         targets=targets,
         static=static,

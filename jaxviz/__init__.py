@@ -30,6 +30,7 @@ _SUBMODULES = (
     "attribution",
     "data",
     "embedding",
+    "faststyle",
     "imaging",
     "inspection",
     "io",
@@ -39,6 +40,7 @@ _SUBMODULES = (
     "plot",
     "pretrained",
     "segmentation",
+    "synthesis",
     "train",
 )
 
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         attribution,
         data,
         embedding,
+        faststyle,
         imaging,
         inspection,
         io,
@@ -69,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         plot,
         pretrained,
         segmentation,
+        synthesis,
         train,
     )
     from jaxviz.io import check_params, load_params, save_params  # noqa: F401

@@ -13,10 +13,27 @@
     order, DeepDream's gradient normalisation);
   * `redirected_relu` / `relu_for_step`: lucid's ReLU gradient redirection for the first steps.
 
-Layering: models <- objectives <- param, transforms, regularizers <- engine <- techniques.
+Techniques, each a configuration of the engine: `features` (lucid, Simonyan and Yosinski class and
+unit visualisation), `adversarial` (fooling images, FGSM, PGD), `dream` (DeepDream), `inversion`
+(Mahendran & Vedaldi), `texture` (Gatys' Gram textures), `style` (neural style transfer), with the
+losses of `losses` and the colour tools of `color`; `nn_texture` (Efros & Leung, quilting) needs no
+network.
+
+Layering: models <- objectives <- param, transforms, regularizers, losses <- engine <- techniques.
 """
 
-from jaxviz.synthesis import engine, param, regularizers, transforms
+from jaxviz.synthesis import engine, param, regularizers, transforms  # noqa: I001 (pieces first)
+from jaxviz.synthesis import (
+    adversarial,
+    color,
+    dream,
+    features,
+    inversion,
+    losses,
+    nn_texture,
+    style,
+    texture,
+)
 from jaxviz.synthesis.engine import (
     NonFiniteLossError,
     Result,
@@ -28,6 +45,15 @@ from jaxviz.synthesis.engine import (
 
 __all__ = [
     "NonFiniteLossError",
+    "adversarial",
+    "color",
+    "dream",
+    "features",
+    "inversion",
+    "losses",
+    "nn_texture",
+    "style",
+    "texture",
     "Result",
     "engine",
     "optimize",

@@ -4,7 +4,9 @@ Saliency (input gradient, |.| max over channels), guided backpropagation, and oc
 (softmax probability per patch position) for a torchvision architecture with random weights (the
 same weights on both sides, converted with `weights_conversion`), at several batch sizes. Prints
 images per second for each framework and the ratio JAX / torch. Compilation (JAX) and the first call
-(torch) are warm-up and not timed; each measurement is the median of `--repeats` calls.
+(torch) are warm-up and not timed; each measurement is the median of `--repeats` calls. jaxviz's
+functions are called as users call them, without a `jit` of one's own (see `captum_bench.py` for the
+comparison with captum itself).
 
     python benchmarks/attribution_bench.py                                  # VGG16, 224 px, batch 1..64
     python benchmarks/attribution_bench.py --size 64 --batch-sizes 1,4      # a quick CPU run
@@ -150,14 +152,14 @@ def main(argv=None):
         device = "-"
     params = jax.device_put(jax.tree.map(jnp.asarray, params))
 
+    # The public functions as users call them: their cores are jitted and cached, and occlusion's
+    # chunks run under jaxviz.loops' policy (a Python loop over one jitted chunk on CPU; wrapping it
+    # in jax.jit would turn that loop into a lax.scan, 3-4x slower on CPU).
     jmethods = {
-        "saliency": jax.jit(attribution.saliency, static_argnums=0),
-        "guided_backprop": jax.jit(attribution.guided_backprop, static_argnums=0),
-        "occlusion": jax.jit(
-            functools.partial(
-                attribution.occlusion, size=occ["size"], stride=occ["stride"], batch_size=occ["batch_size"]
-            ),
-            static_argnums=0,
+        "saliency": attribution.saliency,
+        "guided_backprop": attribution.guided_backprop,
+        "occlusion": functools.partial(
+            attribution.occlusion, size=occ["size"], stride=occ["stride"], batch_size=occ["batch_size"]
         ),
     }
 
@@ -179,7 +181,7 @@ def main(argv=None):
             target = rng.integers(0, model.num_classes, n)
             xj, tj = jax.device_put(x), jax.device_put(target.astype(np.int32))
             fn = jmethods[method]
-            time_j = median_time(lambda: fn(model, params, xj, tj).block_until_ready(), lambda: None, args.repeats)
+            time_j = median_time(lambda: jax.block_until_ready(fn(model, params, xj, tj)), lambda: None, args.repeats)
             line = f"{method:<16} {n:>5} {n / time_j:>10.2f}"
             if torch is not None:
                 xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)

@@ -10,14 +10,28 @@ Every technique takes `(model, params, images, target, ...)`:
 
 All functions are pure, work on a batch (images are independent: the gradient of the summed scores is
 the per-image gradient), jit-compile with the model static or closed over, and map under `jax.vmap`
-over experiments, e.g. many classes for one image:
+over experiments, e.g. many classes for one image (params passed as an argument, never closed over:
+XLA would constant-fold the weights):
 
     sal = jax.jit(saliency, static_argnums=0)
     maps = jax.vmap(lambda c: sal(model, params, x, c))(jnp.arange(10))     # [10, N, H, W]
 
 Class indices and objective indices are traced, so a jitted function does not recompile for a new
 class. Configuration arguments (`layer`, `steps`, `num_samples`, `batch_size`, `size`, `stride`,
-`method`, `mode`, string `fill`) are static: bind them with `functools.partial` or `static_argnames`.
+`method`, `mode`, `absolute`, `upsample`, `loop`, string `fill`) are static: bind them with
+`functools.partial` or `static_argnames`. Called without `jit`, every technique still runs compiled
+code (its core is jitted and cached per model and configuration).
+
+Bad input: concrete images must be non-empty, finite and in [0, 1] (`Model.check_images`), concrete
+indices in range, sizes positive integers, noise and fill finite: otherwise a `ValueError` that names
+the problem, raised before any work. Traced values cannot be checked, so they propagate NaN instead: an
+image whose score is not finite (a NaN or inf pixel, a traced class index out of range, NaN noise or
+fill) gets an all-NaN map, never another class's map or a silent zero.
+
+Chunked techniques (SmoothGrad, integrated gradients, occlusion) evaluate `batch_size` items per model
+call under `jaxviz.loops`' policy (`loop="auto"`: a Python loop over one jitted chunk on CPU, where
+XLA runs a chunk 3-4x slower inside `lax.scan`; `lax.scan` under `jit`/`vmap` and on accelerators).
+Both loops compute the same chunks; results agree to float rounding.
 
 Techniques: input gradients and saliency (Simonyan et al. 2014), guided backpropagation (Springenberg
 et al. 2015) and the deconvnet rule (Zeiler & Fergus 2014) through a `jax.custom_vjp` ReLU swapped into
@@ -28,15 +42,15 @@ occlusion sensitivity (Zeiler & Fergus 2014).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+import functools
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from jaxviz import imaging, objectives
-from jaxviz.models.base import Model
+from jaxviz import imaging, loops, objectives
+from jaxviz.models.base import RANGE_TOLERANCE, Model, check_pixel_values
 from jaxviz.objectives import Objective
 
 Array = jax.Array
@@ -82,13 +96,23 @@ def _deconv_bwd(_, g):
 deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
 
-# --------------------------------------------------------------------------- helpers
-def _prepare(model: Model, images: Array, target: Target) -> Objective:
-    """Validate `images` and turn `target` into an objective bound to `model`."""
-    model.check_images(images)
+# --------------------------------------------------------------------------- validation
+def _check_images(model: Model, images) -> None:
+    # Concrete images closed over by the caller's `jit`/`vmap` are still concrete here: evaluate the
+    # checks eagerly instead of tracing them.
+    with jax.ensure_compile_time_eval():
+        model.check_images(images)
+
+
+def _prepare(model: Model, params, images: Array, target: Target) -> Objective:
+    """Validate `images` and `target` (everything that can be checked, before any work) and turn
+    `target` into an objective bound to `model`."""
+    _check_images(model, images)
     if not isinstance(target, Objective):
         _check_class_target(model, target, images.shape[0])
-    return objectives.as_objective(model, target)  # UnknownLayerError (a ValueError) for unknown layers
+    obj = objectives.as_objective(model, target)  # UnknownLayerError (a ValueError) for unknown layers
+    objectives.check_objective(model, params, images, obj)
+    return obj
 
 
 def _check_class_target(model: Model, target, n: int) -> None:
@@ -100,84 +124,207 @@ def _check_class_target(model: Model, target, n: int) -> None:
         objectives.check_index(target, model.num_classes, f"class index for {model.name}")
 
 
-def _score_fn(model: Model, params, obj: Objective, **apply_kwargs) -> Callable[[Array], Array]:
-    """`images [N, H, W, C] -> scores [N]`, running the model only as far as `obj` reads."""
-    return lambda x: objectives.evaluate(model, params, x, obj, **apply_kwargs)
-
-
-def _grad_fn(score: Callable[[Array], Array]) -> Callable[[Array], Array]:
-    # Images are independent, so the gradient of the summed scores is each image's own gradient.
-    return jax.grad(lambda x: jnp.sum(score(x)))
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_positive_int(value, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer (static, not traced); got {value!r}")
     return int(value)
 
 
+def _check_loop(loop) -> None:
+    if loop not in loops.LOOPS:
+        raise ValueError(f"loop must be one of {loops.LOOPS}; got {loop!r}")
+
+
+def _concrete_float(value, name: str) -> Optional[float]:
+    """`value` as a Python float if it is a concrete real scalar, `None` if traced."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    arr = np.asarray(value)
+    if arr.shape != () or arr.dtype.kind not in "iuf" or arr.dtype == bool:
+        raise ValueError(f"{name} must be a real number; got {value!r}")
+    return float(arr)
+
+
+def _split_kwargs(apply_kwargs: dict) -> tuple[tuple, dict]:
+    """`Model.apply` options split into hashable ones (static: `relu=`, `pool=`) and the rest (arrays,
+    e.g. `perturb=`), which are passed as traced arguments."""
+    static, dynamic = [], {}
+    for name, value in sorted(apply_kwargs.items()):
+        try:
+            hash(value)
+        except TypeError:
+            dynamic[name] = value
+        else:
+            static.append((name, value))
+    return tuple(static), dynamic
+
+
+# --------------------------------------------------------------------------- pure cores
+def _evaluate(model: Model, kw: tuple, params, images: Array, obj: Objective, dyn: dict) -> Array:
+    return objectives.evaluate(model, params, images, obj, **dict(kw), **dyn)
+
+
+def _finite_images(images: Array) -> Array:
+    """`[N]`: whether every pixel of each image is finite."""
+    return jnp.all(jnp.isfinite(images).reshape(images.shape[0], -1), axis=1)
+
+
+def _nan_unless(values: Array, ok: Array) -> Array:
+    """`values [N, ...]` with every entry of image `n` set to NaN unless `ok[n]`.
+
+    Applied explicitly, after any reduction: XLA's CPU max / min need not propagate NaN (fast min/max
+    is its default; its YNNPACK reductions skip NaN), and ReLUs and max-pooling pass zero derivatives
+    through NaN activations, so a NaN pixel or a NaN score would otherwise give a finite-looking map.
+    """
+    return jnp.where(ok.reshape((-1,) + (1,) * (values.ndim - 1)), values, jnp.nan)
+
+
+def _scores_and_gradients(model: Model, kw: tuple, params, images: Array, obj: Objective, dyn: dict):
+    """`(scores [N], d scores / d images [N, H, W, C], ok [N])`; `ok[n]` says that image `n` and its
+    score are finite, and the gradients of the other images are NaN."""
+    scores, pullback = jax.vjp(lambda x: _evaluate(model, kw, params, x, obj, dyn), images)
+    (grads,) = pullback(jnp.ones_like(scores))
+    ok = jnp.isfinite(scores) & _finite_images(images)
+    return scores, _nan_unless(grads, ok), ok
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _input_gradients(model, kw, params, images, obj, dyn):
+    return _scores_and_gradients(model, kw, params, images, obj, dyn)[1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _saliency(model, kw, params, images, obj, dyn):
+    _, grads, ok = _scores_and_gradients(model, kw, params, images, obj, dyn)
+    return _nan_unless(jnp.max(jnp.abs(grads), axis=-1), ok)
+
+
+def _layer_gradients(model, kw, layer, until, params, images, obj, dyn):
+    """`(activations, d scores / d activations)` of `layer`, through a zero perturbation of its output."""
+    dyn = dict(dyn)
+    user_perturb = dict(dyn.pop("perturb", None) or {})
+    shape = jax.eval_shape(lambda x: model.apply(params, x, until=layer, **dict(kw), **dyn)[layer], images)
+
+    def score(delta):
+        perturb = dict(user_perturb)
+        perturb[layer] = perturb[layer] + delta if layer in perturb else delta
+        acts = model.apply(params, images, until=until, perturb=perturb, **dict(kw), **dyn)
+        return obj(acts), acts[layer]
+
+    scores, pullback, act = jax.vjp(score, jnp.zeros(shape.shape, shape.dtype), has_aux=True)
+    (grad,) = pullback(jnp.ones_like(scores))
+    ok = jnp.isfinite(scores) & _finite_images(images)
+    return act, _nan_unless(grad, ok), ok
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _activation_gradients(model, kw, layer, until, params, images, obj, dyn):
+    return _layer_gradients(model, kw, layer, until, params, images, obj, dyn)[:2]
+
+
+def _upsample(cam: Array, size: tuple[int, int], method: str) -> Array:
+    """`[N, h, w] -> [N, H, W]`: `"bilinear"` (half-pixel centres, no antialiasing when enlarging: torch's
+    `interpolate(mode="bilinear", align_corners=False)`) or `"nearest"` (torch's legacy
+    `interpolate(mode="nearest")`, captum's `LayerAttribution.interpolate` default: output pixel `i`
+    takes input `floor(i * h / H)`)."""
+    n, h, w = cam.shape
+    if method == "bilinear":
+        return jax.image.resize(cam, (n, *size), method="bilinear")
+    rows = (np.arange(size[0]) * h) // size[0]
+    cols = (np.arange(size[1]) * w) // size[1]
+    return cam[:, rows][:, :, cols]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _gradcam(model, kw, layer, until, relu, upsample, normalize, params, images, obj, dyn):
+    act, grad, ok = _layer_gradients(model, kw, layer, until, params, images, obj, dyn)
+    weights = jnp.mean(grad, axis=(1, 2))
+    cam = jnp.einsum("nhwc,nc->nhw", act, weights)
+    if relu:
+        cam = jnp.maximum(cam, 0)
+    if upsample:
+        cam = _upsample(cam, images.shape[1:3], upsample)
+    if normalize:
+        cam = imaging.normalize(cam, axis=(1, 2))
+    return _nan_unless(cam, ok)
+
+
+# --------------------------------------------------------------------------- chunks
 def _chunks(num: int, batch_size: Optional[int]) -> tuple[int, int]:
     """`(number of chunks, chunk size)` covering `num` items with chunks of at most `batch_size`."""
     size = num if batch_size is None else min(_check_positive_int(batch_size, "batch_size"), num)
     return -(-num // size), size
 
 
-def _split_chunks(xs, num: int, batch_size: Optional[int]) -> tuple[Array, Array, int]:
-    """`xs[:num]` as `[n_chunks, size, ...]` chunks of at most `batch_size` items, the last padded by
-    repeating the last item; also `valid [n_chunks, size]` (False on the padding) and `size`."""
+def _chunk_layout(num: int, batch_size: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """`(index [n_chunks, size], valid [n_chunks, size])`: items `0..num-1` in chunks of at most
+    `batch_size`, the last chunk padded by repeating the last item (`valid` False there)."""
     n_chunks, size = _chunks(num, batch_size)
-    idx = jnp.minimum(jnp.arange(n_chunks * size), num - 1)
-    valid = (jnp.arange(n_chunks * size) < num).reshape(n_chunks, size)
-    return xs[idx].reshape((n_chunks, size) + xs.shape[1:]), valid, size
+    flat = np.arange(n_chunks * size)
+    return np.minimum(flat, num - 1).reshape(n_chunks, size), (flat < num).reshape(n_chunks, size)
 
 
-def _chunked_weighted_sum(fn: Callable, xs: Array, weights: Array, batch_size: Optional[int], like: Array) -> Array:
-    """`sum_i weights[i] * fn(xs[i:i+1])[0]` with `fn` mapping a chunk `[B, ...]` to `[B, *like.shape]`.
-
-    Chunks of `batch_size` items are evaluated one after another in a `lax.scan`, so memory holds one
-    chunk's results plus the running sum. The last chunk is padded with zero-weight copies.
-    """
-    xs, valid, size = _split_chunks(xs, xs.shape[0], batch_size)
-    weights, _, _ = _split_chunks(weights, weights.shape[0], batch_size)
-    weights = jnp.where(valid, weights, 0)
-
-    def step(total, chunk):
-        x, w = chunk
-        out = fn(x)
-        w = w.astype(out.dtype).reshape((size,) + (1,) * (out.ndim - 1))
-        return total + jnp.sum(w * out, axis=0), None
-
-    total, _ = lax.scan(step, jnp.zeros_like(like), (xs, weights))
-    return total
+def _merge_moments(carry, out: Array, ok: Array):
+    """Chan et al.'s parallel update of `(count, mean, m2)` with a chunk `out [B, ...]` (rows where
+    `ok [B]` is False are padding). Chunk statistics are two-pass, which avoids the cancellation of
+    `E[g^2] - E[g]^2`."""
+    count, mean, m2 = carry
+    w = ok.astype(out.dtype).reshape((-1,) + (1,) * (out.ndim - 1))
+    n_b = jnp.sum(ok).astype(out.dtype)
+    mean_b = jnp.sum(w * out, axis=0) / n_b
+    m2_b = jnp.sum(w * jnp.square(out - mean_b[None]), axis=0)
+    total = count + n_b
+    delta = mean_b - mean
+    return total, mean + delta * (n_b / total), m2 + m2_b + jnp.square(delta) * (count * n_b / total)
 
 
-def _chunked_moments(fn: Callable, xs, num: int, batch_size: Optional[int], like: Array) -> tuple[Array, Array]:
-    """Mean and mean squared deviation (population variance) over `num` items of `fn(chunk)`, whose
-    items have the shape and dtype of `like`.
+def _smoothgrad_step(static, consts, carry, chunk):
+    """One chunk of SmoothGrad: gradients at `B` noisy copies of every image, merged into the moments."""
+    model, kw, absolute = static
+    params, images, obj, sigma, dyn = consts
+    keys, ok = chunk
+    eps = jax.vmap(lambda k: jax.random.normal(k, images.shape[1:], images.dtype))(keys)  # [B, H, W, C]
+    noisy = images[None] + sigma[None] * eps[:, None]  # [B, N, H, W, C]
+    grads = jax.vmap(lambda x: _scores_and_gradients(model, kw, params, x, obj, dyn)[1])(noisy)
+    if absolute:
+        grads = jnp.abs(grads)
+    return _merge_moments(carry, grads, ok), None
 
-    `xs` is indexable along its first axis (e.g. an array of PRNG keys). Chunk statistics are
-    computed two-pass within a chunk and merged with Chan et al.'s parallel update, which avoids the
-    cancellation of `E[g^2] - E[g]^2` in floating point.
-    """
-    xs, valid, size = _split_chunks(xs, num, batch_size)
 
-    def step(carry, chunk):
-        count, mean, m2 = carry
-        x, ok = chunk
-        out = fn(x)
-        w = ok.astype(out.dtype).reshape((size,) + (1,) * (out.ndim - 1))
-        n_b = jnp.sum(ok).astype(out.dtype)
-        mean_b = jnp.sum(w * out, axis=0) / n_b
-        m2_b = jnp.sum(w * jnp.square(out - mean_b[None]), axis=0)
-        total = count + n_b
-        delta = mean_b - mean
-        mean = mean + delta * (n_b / total)
-        m2 = m2 + m2_b + jnp.square(delta) * (count * n_b / total)
-        return (total, mean, m2), None
+def _integrated_gradients_step(static, consts, total, chunk):
+    """One chunk of integrated gradients: `total + sum_b weights[b] * grad(base + alphas[b] * diff)`."""
+    model, kw = static
+    params, base, diff, obj, dyn = consts
+    alphas, weights = chunk  # [B], [B]; zero weight on the padding
+    path = base[None] + alphas.reshape(-1, 1, 1, 1, 1) * diff[None]
+    grads = jax.vmap(lambda x: _scores_and_gradients(model, kw, params, x, obj, dyn)[1])(path)
+    return total + jnp.sum(weights.reshape(-1, 1, 1, 1, 1) * grads, axis=0), None
 
-    zeros = jnp.zeros_like(like)
-    (count, mean, m2), _ = lax.scan(step, (jnp.zeros((), like.dtype), zeros, zeros), (xs, valid))
-    return mean, m2 / count
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _path_ends(model, kw, params, images, base, obj, dyn):
+    """Scores `[2, N]` of the images and of the baseline (each a batch of its own)."""
+    return jax.vmap(lambda x: _evaluate(model, kw, params, x, obj, dyn))(jnp.stack([images, base]))
+
+
+def _occlusion_chunk(static, consts, positions):
+    """Scores `[B, N]` with the patch at each of `B` positions covering every image."""
+    model, kw, (ph, pw, sh, sw, nw), prob = static
+    params, images, fill_value, obj, dyn = consts
+    rows, cols = jnp.arange(images.shape[1]), jnp.arange(images.shape[2])
+
+    def occluded_score(p):
+        y0, x0 = (p // nw) * sh, (p % nw) * sw
+        inside = ((rows >= y0) & (rows < y0 + ph))[:, None] & ((cols >= x0) & (cols < x0 + pw))[None, :]
+        occluded = jnp.where(inside[None, :, :, None], fill_value, images)
+        scores = _evaluate(model, kw, params, occluded, obj, dyn)
+        return _nan_unless(jnp.exp(scores) if prob else scores, _finite_images(occluded))
+
+    return jax.vmap(occluded_score)(positions)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -191,19 +338,23 @@ def input_gradients(model: Model, params, images: Array, target: Target, **apply
       **apply_kwargs: passed to `Model.apply` (e.g. `relu=guided_relu`, `pool="avg"`).
 
     Returns:
-      `[N, H, W, C]`, `d score_n / d images[n]` (in units of score per unit of [0, 1] intensity).
+      `[N, H, W, C]`, `d score_n / d images[n]` (in units of score per unit of [0, 1] intensity); all
+      NaN for an image whose score is not finite (traced NaN/inf pixels or out-of-range indices).
     """
-    obj = _prepare(model, images, target)
-    return _grad_fn(_score_fn(model, params, obj, **apply_kwargs))(images)
+    obj = _prepare(model, params, images, target)
+    kw, dyn = _split_kwargs(apply_kwargs)
+    return _input_gradients(model, kw, params, images, obj, dyn)
 
 
 def saliency(model: Model, params, images: Array, target: Target, **apply_kwargs) -> Array:
     """Simonyan et al.'s saliency map: `max_c |d score / d images[..., c]|`.
 
     Returns:
-      `[N, H, W]`, non-negative, not normalised.
+      `[N, H, W]`, non-negative, not normalised (NaN for images whose score is not finite).
     """
-    return jnp.max(jnp.abs(input_gradients(model, params, images, target, **apply_kwargs)), axis=-1)
+    obj = _prepare(model, params, images, target)
+    kw, dyn = _split_kwargs(apply_kwargs)
+    return _saliency(model, kw, params, images, obj, dyn)
 
 
 def guided_backprop(model: Model, params, images: Array, target: Target, **apply_kwargs) -> Array:
@@ -236,6 +387,18 @@ def default_cam_layer(model: Model) -> str:
     raise ValueError(f"{model.name} has no spatial layer for Grad-CAM")
 
 
+def _target_reads_after(model: Model, obj: Objective, layer: str) -> str:
+    """The deepest layer `obj` reads, checked to come at or after `layer`."""
+    idx = model.index(layer)
+    target_last = objectives.last_layer(model, obj)
+    if target_last is None or model.index(target_last) < idx:
+        raise ValueError(
+            f"the target {obj.name} reads {target_last or 'no layer'}, which does not depend on {layer!r}; "
+            "pick a layer before the target's"
+        )
+    return target_last
+
+
 def activation_gradients(
     model: Model, params, images: Array, target: Target, layer: str, **apply_kwargs
 ) -> tuple[Array, Array]:
@@ -251,24 +414,26 @@ def activation_gradients(
 
     Returns:
       `(activations, gradients)`, both the shape of the layer's output (`[N, h, w, C]` for spatial
-      layers, `[N, D]` for fully connected ones).
+      layers, `[N, D]` for fully connected ones); the gradients of an image whose score is not finite
+      are NaN.
     """
-    obj = _prepare(model, images, target)
-    idx = model.index(layer)
-    target_last = objectives.last_layer(model, obj)
-    if target_last is None or model.index(target_last) < idx:
-        raise ValueError(
-            f"the target {obj.name} reads {target_last or 'no layer'}, which does not depend on {layer!r}; "
-            "pick a layer before the target's"
-        )
-    shape = jax.eval_shape(lambda x: model.apply(params, x, until=layer, **apply_kwargs)[layer], images)
+    obj = _prepare(model, params, images, target)
+    until = _target_reads_after(model, obj, layer)
+    kw, dyn = _split_kwargs(apply_kwargs)
+    return _activation_gradients(model, kw, layer, until, params, images, obj, dyn)
 
-    def score(delta):
-        acts = model.apply(params, images, until=target_last, perturb={layer: delta}, **apply_kwargs)
-        return jnp.sum(obj(acts)), acts[layer]
 
-    grad, act = jax.grad(score, has_aux=True)(jnp.zeros(shape.shape, shape.dtype))
-    return act, grad
+UPSAMPLE = ("bilinear", "nearest")
+
+
+def _upsample_method(upsample) -> Optional[str]:
+    if upsample is True:
+        return "bilinear"
+    if upsample is False or upsample is None:
+        return None
+    if upsample not in UPSAMPLE:
+        raise ValueError(f"upsample must be True, False, 'bilinear' or 'nearest'; got {upsample!r}")
+    return upsample
 
 
 def gradcam(
@@ -279,7 +444,7 @@ def gradcam(
     *,
     layer: Optional[str] = None,
     relu: bool = True,
-    upsample: bool = True,
+    upsample: Union[bool, str] = True,
     normalize: bool = False,
     **apply_kwargs,
 ) -> Array:
@@ -290,8 +455,11 @@ def gradcam(
     Args:
       layer: any spatial layer; default `default_cam_layer(model)`, the last ReLU of the trunk
         (`relu5_3` for VGG16).
-      relu: apply the ReLU to the map (Grad-CAM's choice: keep only positive evidence).
-      upsample: resize bilinearly to the image size `[N, H, W]`; `False` returns the layer
+      relu: apply the ReLU to the map (Grad-CAM's choice: keep only positive evidence; captum's
+        `LayerGradCam` defaults to no ReLU).
+      upsample: resize to the image size `[N, H, W]`: `True` or `"bilinear"` (the paper's choice;
+        torch's `interpolate(mode="bilinear", align_corners=False)`), `"nearest"` (torch's legacy
+        nearest, captum's `LayerAttribution.interpolate` default); `False` returns the layer
         resolution `[N, h, w]`.
       normalize: min-max scale each map to [0, 1]. Off by default: the absolute scale is comparable
         across images and classes.
@@ -299,34 +467,61 @@ def gradcam(
     Returns:
       `[N, H, W]` (or `[N, h, w]`), in score units per activation unit unless `normalize`.
     """
+    method = _upsample_method(upsample)
     layer = default_cam_layer(model) if layer is None else layer
-    act, grad = activation_gradients(model, params, images, target, layer, **apply_kwargs)
-    if act.ndim != 4:
-        raise ValueError(f"Grad-CAM needs a spatial layer; {layer!r} has shape {act.shape}")
-    weights = jnp.mean(grad, axis=(1, 2))
-    cam = jnp.einsum("nhwc,nc->nhw", act, weights)
-    if relu:
-        cam = jnp.maximum(cam, 0)
-    if upsample:
-        cam = jax.image.resize(cam, images.shape[:3], method="bilinear")
-    if normalize:
-        cam = imaging.normalize(cam, axis=(1, 2))
-    return cam
+    obj = _prepare(model, params, images, target)
+    until = _target_reads_after(model, obj, layer)
+    shape = objectives.activation_shapes(model, params, images, layer)[layer].shape
+    if len(shape) != 4:
+        raise ValueError(f"Grad-CAM needs a spatial layer; {layer!r} has shape {shape}")
+    kw, dyn = _split_kwargs(apply_kwargs)
+    return _gradcam(model, kw, layer, until, bool(relu), method, bool(normalize), params, images, obj, dyn)
 
 
 def guided_gradcam(
-    model: Model, params, images: Array, target: Target, *, layer: Optional[str] = None, **apply_kwargs
+    model: Model,
+    params,
+    images: Array,
+    target: Target,
+    *,
+    layer: Optional[str] = None,
+    upsample: str = "bilinear",
+    **apply_kwargs,
 ) -> Array:
-    """Guided Grad-CAM: guided backpropagation times the (upsampled, un-normalised) Grad-CAM map.
+    """Guided Grad-CAM: guided backpropagation times the upsampled, un-normalised Grad-CAM map (with
+    its ReLU).
+
+    Args:
+      layer: as `gradcam`.
+      upsample: how the map is brought to the image size: `"bilinear"` (jaxviz's default, the paper's
+        Grad-CAM upsampling) or `"nearest"` (captum's `GuidedGradCam` default,
+        `interpolate_mode="nearest"`). Both equal captum's result with that mode.
 
     Returns:
       `[N, H, W, C]`.
     """
-    cam = gradcam(model, params, images, target, layer=layer, **apply_kwargs)
+    method = _upsample_method(upsample)
+    if method is None:
+        raise ValueError(f"guided Grad-CAM needs the map at image size: upsample must be 'bilinear' or 'nearest'; got {upsample!r}")
+    cam = gradcam(model, params, images, target, layer=layer, upsample=method, **apply_kwargs)
     return guided_backprop(model, params, images, target, **apply_kwargs) * cam[..., None]
 
 
 # --------------------------------------------------------------------------- SmoothGrad
+SMOOTHGRAD_MODES = ("mean", "squared", "variance")
+
+
+def _noise_scale(images: Array, noise) -> Array:
+    """`sigma [N, 1, 1, 1] = noise * (max - min)` of each image; NaN for a traced negative or NaN noise."""
+    value = _concrete_float(noise, "noise")
+    if value is not None and not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (a fraction of each image's value range); got {noise!r}")
+    axes = (1, 2, 3)
+    spread = jnp.max(images, axis=axes, keepdims=True) - jnp.min(images, axis=axes, keepdims=True)
+    noise = jnp.asarray(noise, spread.dtype)
+    return jnp.where(noise >= 0, noise, jnp.nan) * spread
+
+
 def smoothgrad(
     model: Model,
     params,
@@ -337,7 +532,9 @@ def smoothgrad(
     num_samples: int = 25,
     noise: float = 0.15,
     mode: str = "mean",
+    absolute: bool = False,
     batch_size: Optional[int] = None,
+    loop: str = "auto",
     **apply_kwargs,
 ) -> Array:
     """SmoothGrad: input gradients averaged over noisy copies of each image.
@@ -346,33 +543,61 @@ def smoothgrad(
     `sigma[n] * jax.random.normal(keys[s], (H, W, C), images.dtype)` to image `n`, with
     `sigma[n] = noise * (max(images[n]) - min(images[n]))` (PAIR's convention: a fraction of each
     image's value range). Every image of the batch gets the same unit-noise pattern, so an image's
-    result does not depend on the rest of the batch, nor on `batch_size`.
+    result does not depend on the rest of the batch, nor on `batch_size` or `loop`.
+
+    Defaults side by side with captum's `NoiseTunnel(Saliency(model))`:
+
+      ==============  ===============================  ========================================
+      setting         jaxviz `smoothgrad`              captum `NoiseTunnel(Saliency)`
+      ==============  ===============================  ========================================
+      samples         `num_samples=25` (PAIR)          `nt_samples=5`
+      noise std       `noise=0.15` x each image's      `stdevs=1.0`, absolute (inputs'
+                      range (PAIR)                     units)
+      per sample      signed gradient                  `|gradient|` (`Saliency(abs=True)`)
+                      (`absolute=False`)
+      statistic       `mode="mean"`                    `nt_type="smoothgrad"` (mean)
+      ==============  ===============================  ========================================
+
+    `absolute=True` reproduces captum's default (mean of `|gradient|`); `mode="squared"` is captum's
+    `"smoothgrad_sq"` and `mode="variance"` its `"vargrad"`. With the same noise the results agree
+    with captum to float64 rounding (tests/test_attribution.py).
 
     Args:
       key: PRNG key (same key, same result).
       num_samples: noisy copies per image.
-      noise: noise standard deviation as a fraction of each image's range.
+      noise: noise standard deviation as a fraction of each image's range; concrete values must be
+        finite and >= 0, traced negative or NaN ones give NaN maps.
       mode: `"mean"` (SmoothGrad), `"squared"` (SmoothGrad^2: mean of squared gradients) or
         `"variance"` (VarGrad: population variance of the gradients).
+      absolute: take `|gradient|` of each sample before the statistic (captum's default).
       batch_size: noisy copies per model call (each call sees `batch_size * N` images); `None` all.
+      loop: `"auto"`, `"python"` or `"scan"`: how chunks are looped over (`jaxviz.loops`).
       **apply_kwargs: passed to `Model.apply` (e.g. `relu=guided_relu` for guided SmoothGrad).
 
     Returns:
-      `[N, H, W, C]`; take `jnp.abs(g).max(-1)` for a saliency-style map.
+      `[N, H, W, C]`; take `jnp.abs(g).max(-1)` for a saliency-style map. NaN for images whose score
+      is not finite.
     """
-    if mode not in ("mean", "squared", "variance"):
+    if mode not in SMOOTHGRAD_MODES:
         raise ValueError(f"mode must be 'mean', 'squared' or 'variance'; got {mode!r}")
     num_samples = _check_positive_int(num_samples, "num_samples")
-    obj = _prepare(model, images, target)
-    grad = _grad_fn(_score_fn(model, params, obj, **apply_kwargs))
-    axes = (1, 2, 3)
-    sigma = noise * (jnp.max(images, axis=axes, keepdims=True) - jnp.min(images, axis=axes, keepdims=True))
-
-    def chunk(keys):
-        eps = jax.vmap(lambda k: jax.random.normal(k, images.shape[1:], images.dtype))(keys)  # [B, H, W, C]
-        return jax.vmap(grad)(images[None] + sigma[None] * eps[:, None])
-
-    mean, var = _chunked_moments(chunk, jax.random.split(key, num_samples), num_samples, batch_size, images)
+    _check_loop(loop)
+    obj = _prepare(model, params, images, target)
+    sigma = _noise_scale(images, noise)
+    index, valid = _chunk_layout(num_samples, batch_size)
+    keys = jax.random.split(key, num_samples)[index]
+    kw, dyn = _split_kwargs(apply_kwargs)
+    dtype = jnp.result_type(images)
+    zeros = jnp.zeros(images.shape, dtype)
+    (count, mean, m2), _ = loops.scan(
+        _smoothgrad_step,
+        (model, kw, bool(absolute)),
+        (params, images, obj, sigma, dyn),
+        (jnp.zeros((), dtype), zeros, zeros),
+        (keys, jnp.asarray(valid)),
+        loop=loop,
+    )
+    var = m2 / count
     if mode == "mean":
         return mean
     if mode == "squared":
@@ -414,6 +639,26 @@ def path_weights(steps: int, method: str = "trapezoid") -> tuple[np.ndarray, np.
     return alphas, weights
 
 
+def _baseline(images: Array, baseline) -> Array:
+    dtype = jnp.result_type(images)
+    if baseline is None:
+        return jnp.zeros(images.shape, dtype)
+    if not isinstance(baseline, jax.core.Tracer):
+        with jax.ensure_compile_time_eval():
+            check_pixel_values(jnp.asarray(baseline), "the integrated-gradients baseline")
+    base = jnp.asarray(baseline, dtype)
+    if base.ndim == 0:
+        return jnp.full(images.shape, base, dtype)
+    if base.shape == images.shape[1:]:
+        return jnp.broadcast_to(base[None], images.shape)
+    if base.shape != images.shape:
+        raise ValueError(
+            f"baseline must be a number, [H, W, C] = {images.shape[1:]} or [N, H, W, C] = {images.shape}; "
+            f"got shape {base.shape}"
+        )
+    return base
+
+
 def integrated_gradients(
     model: Model,
     params,
@@ -424,70 +669,100 @@ def integrated_gradients(
     steps: int = 50,
     method: str = "trapezoid",
     batch_size: Optional[int] = None,
+    loop: str = "auto",
     **apply_kwargs,
 ) -> IntegratedGradients:
     """Integrated gradients along the straight path from a baseline to each image.
 
     Args:
-      baseline: `None` (zeros: a black image), a number, `[H, W, C]` or `[N, H, W, C]`.
+      baseline: `None` (zeros: a black image), a number, `[H, W, C]` or `[N, H, W, C]`, in [0, 1].
       steps: quadrature points on the path.
       method: `"trapezoid"` (Riemann trapezoid, both ends included) or `"gauss_legendre"`.
       batch_size: path points per model call (each call sees `batch_size * N` images); `None` all.
+      loop: `"auto"`, `"python"` or `"scan"`: how chunks are looped over (`jaxviz.loops`).
       **apply_kwargs: passed to `Model.apply`.
 
     Returns:
       `IntegratedGradients(attributions [N, H, W, C], delta [N])`. `delta` measures the quadrature
       error: attributions sum to `f(x) - f(baseline)` as `steps` grows.
     """
-    obj = _prepare(model, images, target)
-    if baseline is None:
-        base = jnp.zeros_like(images)
-    else:
-        base = jnp.asarray(baseline, images.dtype)
-        if base.ndim == 0:
-            base = jnp.full(images.shape, base, images.dtype)
-        elif base.shape == images.shape[1:]:
-            base = jnp.broadcast_to(base[None], images.shape)
-        elif base.shape != images.shape:
-            raise ValueError(
-                f"baseline must be a number, [H, W, C] = {images.shape[1:]} or [N, H, W, C] = {images.shape}; "
-                f"got shape {base.shape}"
-            )
+    _check_loop(loop)
+    obj = _prepare(model, params, images, target)
+    base = _baseline(images, baseline)
     alphas, weights = path_weights(steps, method)
-    score = _score_fn(model, params, obj, **apply_kwargs)
-    grad = _grad_fn(score)
+    index, valid = _chunk_layout(steps, batch_size)
+    dtype = jnp.result_type(images)
+    alphas = jnp.asarray(alphas[index], dtype)
+    weights = jnp.asarray(np.where(valid, weights[index], 0.0), dtype)
+    kw, dyn = _split_kwargs(apply_kwargs)
     diff = images - base
-
-    def chunk(a):
-        a = a.reshape(-1, 1, 1, 1, 1)
-        return jax.vmap(grad)(base[None] + a * diff[None])
-
-    avg = _chunked_weighted_sum(
-        chunk, jnp.asarray(alphas, images.dtype), jnp.asarray(weights, images.dtype), batch_size, images
+    total, _ = loops.scan(
+        _integrated_gradients_step,
+        (model, kw),
+        (params, base, diff, obj, dyn),
+        jnp.zeros(images.shape, dtype),
+        (alphas, weights),
+        loop=loop,
     )
-    attributions = diff * avg
-    ends = jax.vmap(score)(jnp.stack([images, base]))
+    attributions = diff * total
+    ends = _path_ends(model, kw, params, images, base, obj, dyn)
     delta = jnp.sum(attributions, axis=(1, 2, 3)) - (ends[0] - ends[1])
     return IntegratedGradients(attributions, delta)
 
 
 # --------------------------------------------------------------------------- occlusion
 def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or (h, w); got {value!r}")
-    return tuple(_check_positive_int(v, name) for v in pair)
+    """A positive int or a pair `(h, w)` of them, as a tuple; a `ValueError` naming `name` otherwise."""
+    if _is_int(value):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2:
+        pair = tuple(value)
+    else:
+        raise ValueError(f"{name} must be a positive integer or a pair (h, w) of them; got {value!r}")
+    if not all(_is_int(v) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive integer or a pair (h, w) of them; got {value!r}")
+    return int(pair[0]), int(pair[1])
 
 
-def occlusion_grid(image_size: Sequence[int], size, stride=None) -> tuple[int, int]:
-    """`(nh, nw)` patch positions for `image_size = (H, W)`: top-left corners `0, stride, ...` with the
-    patch inside the image. `stride` defaults to half the patch size."""
+def _geometry(image_size: Sequence[int], size, stride) -> tuple[int, int, int, int, int, int]:
+    """`(ph, pw, sh, sw, nh, nw)`: patch, stride and grid of an occlusion."""
     ph, pw = _pair(size, "size")
     sh, sw = _pair(stride if stride is not None else (max(ph // 2, 1), max(pw // 2, 1)), "stride")
     h, w = image_size
     if ph > h or pw > w:
         raise ValueError(f"occlusion patch {ph}x{pw} is larger than the image {h}x{w}")
-    return (h - ph) // sh + 1, (w - pw) // sw + 1
+    return ph, pw, sh, sw, (h - ph) // sh + 1, (w - pw) // sw + 1
+
+
+def occlusion_grid(image_size: Sequence[int], size, stride=None) -> tuple[int, int]:
+    """`(nh, nw)` patch positions for `image_size = (H, W)`: top-left corners `0, stride, ...` with the
+    patch inside the image. `stride` defaults to half the patch size."""
+    return _geometry(image_size, size, stride)[4:]
+
+
+def _fill_value(images: Array, fill) -> Array:
+    """The occlusion fill as `[N or 1, 1, 1, C]`; concrete numbers must be finite and in [0, 1]."""
+    c, dtype = images.shape[-1], jnp.result_type(images)
+    if isinstance(fill, str):
+        if fill == "mean":
+            return jnp.mean(images, axis=(1, 2), keepdims=True)
+        if fill in ("zeros", "zero", "black"):
+            return jnp.zeros((1, 1, 1, c), dtype)
+        raise ValueError(f"fill must be 'mean', 'zeros', a number or [C] values; got {fill!r}")
+    if not isinstance(fill, jax.core.Tracer):
+        values = np.asarray(fill)
+        if values.dtype.kind not in "iuf" or values.dtype == bool:
+            raise ValueError(f"fill must be 'mean', 'zeros', a number or [C] values in [0, 1]; got {fill!r}")
+        if not np.all(np.isfinite(values)) or values.min() < -RANGE_TOLERANCE or values.max() > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"fill must be finite and in [0, 1] (tolerance {RANGE_TOLERANCE}), like the images; got {fill!r}"
+            )
+    value = jnp.asarray(fill, dtype)
+    if value.ndim == 0:
+        return jnp.full((1, 1, 1, c), value, dtype)
+    if value.shape == (c,):
+        return value.reshape(1, 1, 1, c)
+    raise ValueError(f"fill must be a number or {c} channel values; got shape {value.shape}")
 
 
 def occlusion(
@@ -500,6 +775,7 @@ def occlusion(
     stride=None,
     fill: Union[str, float, Array] = "mean",
     batch_size: Optional[int] = 32,
+    loop: str = "auto",
     **apply_kwargs,
 ) -> Array:
     """Occlusion sensitivity: the target class's probability with a patch of each image covered.
@@ -511,59 +787,41 @@ def occlusion(
     Args:
       target: class index or `[N]` indices: the map holds the softmax probability of that class. An
         `Objective` gives its value instead (e.g. `class_logit(c)` for the unnormalised score).
-      size: patch `(h, w)` or int.
+      size: patch `(h, w)` or int (positive integers, at most the image size).
       stride: `(h, w)` or int; default half the patch.
-      fill: `"mean"` (each image's mean colour), `"zeros"` (black), a number, or `[C]` values in [0, 1].
+      fill: `"mean"` (each image's mean colour), `"zeros"` (black), a number, or `[C]` values in [0, 1]
+        (concrete ones must be finite; a traced NaN gives NaN maps).
       batch_size: patch positions per model call (each call sees `batch_size * N` images); `None`
         all positions at once.
+      loop: `"auto"`, `"python"` or `"scan"`: how chunks are looped over (`jaxviz.loops`).
 
     Returns:
-      `[N, nh, nw]` (see `occlusion_grid`); paint it onto the image with `occlusion_image`.
+      `[N, nh, nw]` (see `occlusion_grid`); paint it onto the image with `occlusion_image`. All NaN for
+      an image with a NaN or inf pixel (traced; concrete ones are refused), or a traced class out of
+      range.
     """
-    model.check_images(images)
-    if isinstance(target, Objective):
-        obj = _prepare(model, images, target)
-        score = _score_fn(model, params, obj, **apply_kwargs)
-    else:
-        _check_class_target(model, target, images.shape[0])
-        obj = _prepare(model, images, objectives.class_log_prob(target))
-        log_prob = _score_fn(model, params, obj, **apply_kwargs)
-        score = lambda x: jnp.exp(log_prob(x))  # noqa: E731
-    n, h, w, c = images.shape
-    ph, pw = _pair(size, "size")
-    sh, sw = _pair(stride if stride is not None else (max(ph // 2, 1), max(pw // 2, 1)), "stride")
-    nh, nw = occlusion_grid((h, w), (ph, pw), (sh, sw))
-    if isinstance(fill, str):
-        if fill == "mean":
-            fill_value = jnp.mean(images, axis=(1, 2), keepdims=True)
-        elif fill in ("zeros", "zero", "black"):
-            fill_value = jnp.zeros((1, 1, 1, c), images.dtype)
-        else:
-            raise ValueError(f"fill must be 'mean', 'zeros', a number or [C] values; got {fill!r}")
-    else:
-        fill_value = jnp.asarray(fill, images.dtype)
-        if fill_value.ndim == 0:
-            fill_value = jnp.full((1, 1, 1, c), fill_value, images.dtype)
-        elif fill_value.shape == (c,):
-            fill_value = fill_value.reshape(1, 1, 1, c)
-        else:
-            raise ValueError(f"fill must be a number or {c} channel values; got shape {fill_value.shape}")
-
-    rows, cols = jnp.arange(h), jnp.arange(w)
-    num = nh * nw
-
-    def occlude(p):
-        y0, x0 = (p // nw) * sh, (p % nw) * sw
-        inside = ((rows >= y0) & (rows < y0 + ph))[:, None] & ((cols >= x0) & (cols < x0 + pw))[None, :]
-        return jnp.where(inside[None, :, :, None], fill_value, images)
-
-    def chunk(positions):
-        return jax.vmap(lambda p: score(occlude(p)))(positions)  # [B, N]
-
-    n_chunks, chunk_size = _chunks(num, batch_size)
-    positions = jnp.minimum(jnp.arange(n_chunks * chunk_size), num - 1).reshape(n_chunks, chunk_size)
-    scores = lax.map(chunk, positions).reshape(n_chunks * chunk_size, n)[:num]
-    return scores.T.reshape(n, nh, nw)
+    _check_images(model, images)
+    _check_loop(loop)
+    n, h, w, _ = images.shape
+    ph, pw, sh, sw, nh, nw = _geometry((h, w), size, stride)
+    fill_value = _fill_value(images, fill)
+    prob = not isinstance(target, Objective)
+    if prob:
+        _check_class_target(model, target, n)
+        target = objectives.class_log_prob(target)
+    obj = _prepare(model, params, images, target)
+    index, _ = _chunk_layout(nh * nw, batch_size)
+    kw, dyn = _split_kwargs(apply_kwargs)
+    scores = loops.map(
+        _occlusion_chunk,
+        (model, kw, (ph, pw, sh, sw, nw), prob),
+        (params, images, fill_value, obj, dyn),
+        jnp.asarray(index),
+        loop=loop,
+    )
+    omap = scores.reshape(-1, n)[: nh * nw].T.reshape(n, nh, nw)
+    # A patch over a NaN pixel would give a finite score: the whole map of such an image is NaN.
+    return _nan_unless(omap, _finite_images(images))
 
 
 def occlusion_image(omap: Array, image_size: Sequence[int], *, size, stride=None) -> Array:
@@ -579,10 +837,8 @@ def occlusion_image(omap: Array, image_size: Sequence[int], *, size, stride=None
     Returns:
       `[N, H, W]` (or `[H, W]`).
     """
-    ph, pw = _pair(size, "size")
-    sh, sw = _pair(stride if stride is not None else (max(ph // 2, 1), max(pw // 2, 1)), "stride")
     h, w = (int(s) for s in image_size)
-    nh, nw = occlusion_grid((h, w), (ph, pw), (sh, sw))
+    ph, pw, sh, sw, nh, nw = _geometry((h, w), size, stride)
     if omap.shape[-2:] != (nh, nw):
         raise ValueError(f"the map must be [..., {nh}, {nw}] for these settings; got shape {omap.shape}")
 
@@ -598,6 +854,8 @@ def occlusion_image(omap: Array, image_size: Sequence[int], *, size, stride=None
 
 
 __all__ = [
+    "SMOOTHGRAD_MODES",
+    "UPSAMPLE",
     "IntegratedGradients",
     "activation_gradients",
     "deconv_relu",

@@ -40,6 +40,9 @@ import numpy as np
 from jaxviz import attribution, data, embedding, imaging, inspection, models, plot, pretrained, segmentation, train
 from jaxviz.io import atomic_write, load_params
 from jaxviz.plot import Scale
+import dataclasses
+
+from jaxviz.synthesis import adversarial, dream, features, generator, inversion, nn_texture, style, texture
 
 #: During a long step, `log` hears at least every this many seconds.
 HEARTBEAT_S = 10.0
@@ -270,7 +273,8 @@ def _digits_params(w: _Writer, cache_problem: Optional[str]):
     return jax.tree_util.tree_map(jnp.asarray, params)
 
 
-def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]) -> None:
+def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]):
+    """Part 1; returns the trained params (the synthesis part uses them)."""
     model = models.get("digits")
     params = _digits_params(w, cache_problem)
     d = data.load_digits()
@@ -442,6 +446,7 @@ def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]) -> None:
         "digits_pca_features.png",
         f"The first two principal components of the {feat_layer} features.",
     )
+    return params
 
 
 def _seed_titles(n: int) -> list[str]:
@@ -596,6 +601,168 @@ def _imagenet(w: _Writer, params, arch: Optional[str], params_path: Optional[str
     )
 
 
+# --------------------------------------------------------------------------- part 3: synthesis
+def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
+    """Image synthesis on the trained digits network: class visualisations, fooling, inversion."""
+    model = models.get("digits")
+    d = data.load_digits()
+    net = "digits network (trained)"
+    steps = 128 if quick else 256
+    with w.stage(f"visualising the ten digit classes three ways ({steps} steps each, one batched call per way)"):
+        vis = features.demo_class_visualizations(model, params, key=jax.random.key(0), steps=steps)
+    rows, titles = [], []
+    for name, label in (("pixel", "Simonyan (pixels)"), ("fft", "lucid (FFT)"), ("yosinski", "Yosinski (c)")):
+        probs = np.asarray(jax.nn.softmax(model.scores(params, vis[name]), axis=-1))
+        rows.append(np.asarray(vis[name]))
+        titles += [f"{label}\n{c}: p={probs[c, c]:.2f}" if c == 0 else f"{c}: p={probs[c, c]:.2f}" for c in range(10)]
+        w.note(f"class visualisation ({label}): mean p(target) {probs[np.arange(10), np.arange(10)].mean():.2f} over the ten digits")
+    w.figure(
+        plot.image_grid(np.concatenate(rows), ncols=10, titles=titles, cell=1.1, title=f"{net}: class visualisations"),
+        "digits_class_visualizations.png",
+        "Images optimised to maximise each digit's pre-softmax score (one row per method: Simonyan et al.'s "
+        "L2-regularised pixel ascent, lucid's FFT + decorrelated render with small transforms, Yosinski et al.'s "
+        "regularised row (c)); each title gives the network's probability of the target digit.",
+    )
+
+    idx = np.array([int(np.flatnonzero(d.test_labels == c)[0]) for c in range(5 if quick else 10)])
+    with w.stage(f"fooling {len(idx)} held-out digits into the next class (CS231n recipe, early stop at top-1)"):
+        fool = adversarial.demo_fooling(model, params, jnp.asarray(d.test_images[idx]), jnp.asarray(d.test_labels[idx]))
+    succ = np.asarray(fool["success"])
+    linf = np.asarray(fool["linf"])
+    w.note(
+        f"fooling: {int(succ.sum())}/{len(succ)} digits became the next class; median L-inf {np.median(linf):.3f}, "
+        f"median steps {int(np.median(np.asarray(fool['steps'])))}"
+    )
+    pert = imaging.signed_to_unit(np.asarray(fool["perturbation"]).sum(-1), axis=(1, 2))
+    pert = np.repeat(pert[..., None], 3, -1)
+    labels = d.test_labels[idx]
+    tgt = np.asarray(fool["targets"])
+    w.figure(
+        plot.image_grid(
+            np.concatenate([np.asarray(fool["clean"]), pert, np.asarray(fool["fooled"])]), ncols=len(idx),
+            titles=[f"a {l}" for l in labels] + ["perturbation (0 = grey)"] + [""] * (len(idx) - 1)
+            + [f"-> {t}" + ("" if s else " (failed)") for t, s in zip(tgt, succ)],
+            cell=1.1, title=f"{net}: fooling images (L-inf {np.median(linf):.3f} median)",
+        ),
+        "digits_fooling.png",
+        "Held-out digits (top), the perturbation that makes the network call each one the next digit (middle, "
+        "channel sum, mid-grey = 0, ends at ±99th pct.) and the fooled images (bottom).",
+    )
+
+    epochs = 3
+    with w.stage(f"training the feature-inversion generator of the digits network ({epochs} epochs; cached after the first run)") as st:
+        recipe = dataclasses.replace(generator.DEFAULT_RECIPE, epochs=epochs)
+        gen = generator.digits_generator(params, recipe=recipe, progress=lambda e, s_, m: setattr(st, "status", f"epoch {e + 1}/{epochs}"))
+    held = gen.history.get("held_out") if isinstance(gen.history, dict) else None
+    if held:
+        w.note(f"generator prior: held-out reconstruction error {held[0]:.4f} -> {held[-1]:.4f} ({held[0] / held[-1]:.1f}x lower)")
+    with w.stage("class visualisation in pixel space and through the generator prior (DGN-AM), same steps"):
+        gp = generator.demo_pixel_vs_generator(model, params, gen, key=jax.random.key(1))
+    means = np.stack([d.train_images[d.train_labels == c].mean(0) for c in range(10)])
+    corr = {k: generator.class_mean_correlation(gp[k], means, np.arange(10)) for k in ("pixel", "generator")}
+    w.note(
+        "class-mean correlation of class visualisations, pixel space vs generator prior: "
+        f"{corr['pixel'].mean():.2f} vs {corr['generator'].mean():.2f}"
+    )
+    w.figure(
+        plot.image_grid(np.concatenate([np.asarray(gp["pixel"]), np.asarray(gp["generator"])]), ncols=10,
+                        titles=[f"pixels\n{c}" if c == 0 else str(c) for c in range(10)] + ["generator prior"] + [""] * 9,
+                        cell=1.1, title=f"{net}: class visualisation in pixel space (top) and through a generator prior (bottom)"),
+        "digits_generator_prior.png",
+        "Top: Simonyan's pixel-space ascent on each digit's score. Bottom: DGN-AM (Nguyen et al. 2016): the same "
+        "number of normalised steps on the code of a generator trained here to invert the network's fc features, "
+        "so the images stay on what the generator can draw. Correlation with the class-mean image is in the notes.",
+    )
+
+    layers = tuple(s_.name for s_ in model.layers if s_.kind == "relu")
+    layers = layers[::2] + ((layers[-1],) if layers[-1] not in layers[::2] else ())
+    with w.stage(f"inverting one digit from {len(layers)} layers in one engine call"):
+        inv = inversion.invert_layers(model, params, d.test_images[idx[3 % len(idx)]], layers, key=jax.random.key(0), steps=100 if quick else 200)
+        ps = np.asarray(inversion.psnr(inv.images, jnp.broadcast_to(jnp.asarray(d.test_images[idx[3 % len(idx)]])[None], inv.images.shape)))
+    w.note("feature inversion PSNR by layer: " + ", ".join(f"{l} {p:.1f} dB" for l, p in zip(layers, ps)))
+    w.figure(
+        plot.image_grid(
+            np.concatenate([d.test_images[idx[3 % len(idx)]][None], np.asarray(inv.images)]), ncols=len(layers) + 1,
+            titles=["original"] + [f"{l}\n{p:.1f} dB" for l, p in zip(layers, ps)], cell=1.3,
+            title=f"{net}: feature inversion (Mahendran & Vedaldi)",
+        ),
+        "digits_inversion.png",
+        "One held-out digit reconstructed from each layer's features (alpha-norm and total-variation priors); "
+        "deeper layers keep less of the image (PSNR under each).",
+    )
+
+
+def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Optional[str], quick: bool) -> None:
+    """DeepDream and inversion of a photo, Gram and nearest-neighbour textures, style transfer."""
+    if params is None:
+        arch, model, random = "vgg16", models.get("vgg16"), True
+        with w.stage("drawing random VGG16 weights"):
+            params = model.init(jax.random.key(0))
+    else:
+        model, random = models.get(arch), False
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    tag = "random weights" if random else f"weights from {os.path.basename(params_path)}"
+    net = f"{'AlexNet' if arch == 'alexnet' else arch.upper()} ({tag})"
+    size = 96 if quick else 160
+    photos = data.sample_photos(size)
+    name = list(photos)[0]
+    x = jnp.asarray(photos[name])[None]
+    convs = [s_.name for s_ in model.layers if s_.kind == "relu" and s_.spatial]
+    layer = convs[len(convs) // 2]
+    with w.stage(f"DeepDream on '{name}' at {layer} ({size} px, 3 octaves)"):
+        dr = dream.deepdream(model, params, x, layer=layer, key=jax.random.key(0), octaves=3, steps=5 if quick else 10, jitter=8)
+    w.note("DeepDream gain of the layer's mean square per octave: " + ", ".join(f"{g:.2f}" for g in np.asarray(dr.gain)[:, 0]))
+    w.figure(
+        plot.image_grid(np.concatenate([np.asarray(x)] + [np.asarray(jax.image.resize(o, x.shape, "linear")) for o in dr.octaves]),
+                        ncols=len(dr.octaves) + 1, titles=["photo"] + [f"octave {i + 1}" for i in range(len(dr.octaves))],
+                        cell=2.2, title=f"{net}: DeepDream at {layer}"),
+        f"{arch}_deepdream.png",
+        f"DeepDream (google/deepdream's step, roll jitter, octaves x1.4) amplifying {layer} ({tag}); each octave's "
+        "result, enlarged to the photo's size." + (" With random weights the patterns are the layer's geometry, not learned features." if random else ""),
+    )
+    inv_layers = (convs[1], convs[len(convs) // 2], convs[-1])
+    with w.stage(f"inverting '{name}' from {len(inv_layers)} layers"):
+        inv = inversion.invert_layers(model, params, x, inv_layers, key=jax.random.key(0), steps=60 if quick else 150)
+    w.figure(
+        plot.image_grid(np.concatenate([np.asarray(x), np.asarray(inv.images)]), ncols=len(inv_layers) + 1,
+                        titles=["photo"] + list(inv_layers), cell=2.2, title=f"{net}: feature inversion"),
+        f"{arch}_inversion.png",
+        f"'{name}' reconstructed from three layers' features ({tag}), Mahendran & Vedaldi's priors.",
+    )
+
+    tex_size = 48 if quick else 64
+    textures = data.sample_textures(tex_size)
+    tnames = list(textures)
+    src = np.stack([textures[t] for t in tnames])
+    with w.stage(f"Gram texture synthesis of {len(tnames)} textures ({net}, pool1-pool4)"):
+        gram = texture.synthesize(model, params, jnp.asarray(src[:1]), (tex_size, tex_size), key=jax.random.key(0), steps=60 if quick else 200)
+        grams = [np.asarray(gram.images[0])]
+        for i in range(1, len(tnames)):
+            grams.append(np.asarray(texture.synthesize(model, params, jnp.asarray(src[i : i + 1]), (tex_size, tex_size), key=jax.random.key(i), steps=60 if quick else 200).images[0]))
+    with w.stage(f"nearest-neighbour texture synthesis (Efros & Leung, pixel by pixel) of {len(tnames)} textures"):
+        out = 24 if quick else 40
+        nn = [np.asarray(nn_texture.efros_leung(jnp.asarray(src[i]), (out, out), key=jax.random.key(i), window=9).texture) for i in range(len(tnames))]
+        nn = [np.asarray(jax.image.resize(t, (tex_size, tex_size, 3), "nearest")) for t in nn]
+    w.figure(
+        plot.image_grid(np.concatenate([src, np.stack(nn), np.stack(grams)]), ncols=len(tnames),
+                        titles=[f"source: {t}" for t in tnames] + ["Efros & Leung"] * len(tnames) + [f"Gram ({arch})"] * len(tnames),
+                        cell=2.0, title=f"textures: source, nearest-neighbour, Gram ({tag})"),
+        "textures.png",
+        f"scikit-image's textures (top), grown pixel by pixel from the source's best-matching neighbourhoods "
+        f"(Efros & Leung 1999, {out}x{out} shown enlarged; middle) and synthesised by matching Gram matrices of "
+        f"{arch} ({tag}) from noise (Gatys et al. 2015; bottom).",
+    )
+    with w.stage(f"neural style transfer of '{name}' with the brick texture as style ({net})"):
+        st = style.transfer(model, params, x, jnp.asarray(src[:1]), key=jax.random.key(0), steps=60 if quick else 200, init="content")
+    w.figure(
+        plot.image_grid(np.concatenate([np.asarray(x), src[:1], np.asarray(st.images)]), ncols=3,
+                        titles=["content", "style", "result"], cell=2.4, title=f"{net}: neural style transfer"),
+        f"{arch}_style_transfer.png",
+        f"Gatys et al.'s style transfer with neural-style's layers and weights ({tag})."
+        + (" Random weights still carry texture statistics, so the style's texture shows; the content is kept only roughly." if random else ""),
+    )
+
+
 def run(out, *, params_path: Optional[str] = None, quick: bool = False, log: Callable[[str], None] = lambda s: None) -> list[str]:
     """Write the demo's pictures and a README.md describing them to the folder `out`.
 
@@ -622,8 +789,10 @@ def run(out, *, params_path: Optional[str] = None, quick: bool = False, log: Cal
     w = _Writer(out, log, quick)
     w.start()
     try:
-        _digits(w, quick, inputs["cache_problem"])
+        digits_params = _digits(w, quick, inputs["cache_problem"])
         _imagenet(w, inputs["params"], inputs["arch"], params_path, quick)
+        _digits_synthesis(w, digits_params, quick)
+        _imagenet_synthesis(w, inputs["params"], inputs["arch"], params_path, quick)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by an error: {type(e).__name__}: {e}"
         w.write_readme(reason.split("\n")[0])

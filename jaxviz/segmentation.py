@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.models.base import check_pixel_values
+
 Array = jax.Array
 
 # OpenCV's GrabCut labels (cv2.GC_BGD, GC_FGD, GC_PR_BGD, GC_PR_FGD), fixed by its API.
@@ -32,6 +34,10 @@ def _import_cv2():
             "`pip install opencv-python-headless` (or `pip install jaxviz[demo]`)"
         ) from err
     return cv2
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def seed_mask(
@@ -93,10 +99,13 @@ def grabcut(
     Not jit-able: OpenCV runs on the host, one image at a time.
 
     Args:
-      images: `[N, H, W, 3]` or `[H, W, 3]` RGB in [0, 1].
-      saliency: `[N, H, W]` or `[H, W]` (e.g. from `jaxviz.attribution.saliency`), same size.
+      images: `[N, H, W, 3]` or `[H, W, 3]` floating-point RGB in [0, 1] (values up to
+        `RANGE_TOLERANCE` = 0.05 outside are accepted and clipped; anything further out, NaN or inf is
+        refused: 0-255 images must be divided by 255, not clipped to white).
+      saliency: `[N, H, W]` or `[H, W]` finite values (e.g. from `jaxviz.attribution.saliency`), same
+        size.
       foreground, background, probable: seed quantiles, see `seed_mask`.
-      iterations: GrabCut iterations.
+      iterations: GrabCut iterations (a positive integer).
       return_seeds: also return the seed labels.
 
     Returns:
@@ -105,10 +114,10 @@ def grabcut(
 
     Raises:
       ImportError: OpenCV is not installed.
-      ValueError: mismatched shapes, or a saliency map with too few distinct values to seed both a
-        foreground and a background.
+      ValueError: an empty batch, mismatched shapes, non-finite or out-of-range pixels, non-finite
+        saliency, a non-positive `iterations`, or a saliency map with too few distinct values to seed
+        both a foreground and a background. Every input is checked before any work.
     """
-    cv2 = _import_cv2()
     images = np.asarray(images)
     saliency = np.asarray(saliency)
     single = images.ndim == 3
@@ -116,17 +125,39 @@ def grabcut(
         images, saliency = images[None], saliency[None]
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3] or [H, W, 3] RGB; got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"grabcut got an empty batch (shape {images.shape}): pass at least one image.")
+    if images.dtype.kind != "f":
+        raise ValueError(
+            f"images must be floating point RGB in [0, 1]; got dtype {images.dtype}. "
+            "Convert uint8 images with images.astype('float32') / 255."
+        )
     if saliency.shape != images.shape[:3]:
         raise ValueError(f"saliency must be [N, H, W] = {images.shape[:3]}; got shape {saliency.shape}")
+    if not _is_int(iterations) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer; got {iterations!r}")
+    check_pixel_values(images, "images for grabcut")  # finite, in [0, 1] up to RANGE_TOLERANCE
+    if saliency.dtype.kind not in "iuf" or saliency.dtype == bool:
+        raise ValueError(f"saliency must be real numbers; got dtype {saliency.dtype}")
+    bad = ~np.isfinite(saliency).reshape(saliency.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"saliency map(s) {np.flatnonzero(bad).tolist()} contain non-finite values (NaN or inf): "
+            "was the saliency computed on an image with NaN pixels or an out-of-range class?"
+        )
     seeds = np.asarray(seed_mask(saliency, foreground=foreground, background=background, probable=probable))
+    flat = seeds.reshape(seeds.shape[0], -1)
+    fg = np.isin(flat, (FOREGROUND, PROBABLE_FOREGROUND)).any(axis=1)
+    bg = np.isin(flat, (BACKGROUND, PROBABLE_BACKGROUND)).any(axis=1)
+    if not (fg & bg).all():
+        n = int(np.flatnonzero(~(fg & bg))[0])
+        raise ValueError(f"saliency map {n} is (nearly) constant: it seeds no foreground or no background")
+    cv2 = _import_cv2()
     masks = np.zeros(images.shape[:3], bool)
     for n in range(images.shape[0]):
         labels = seeds[n].astype(np.uint8)  # GrabCut edits its mask in place
-        fg = np.isin(labels, (FOREGROUND, PROBABLE_FOREGROUND)).any()
-        bg = np.isin(labels, (BACKGROUND, PROBABLE_BACKGROUND)).any()
-        if not (fg and bg):
-            raise ValueError(f"saliency map {n} is (nearly) constant: it seeds no foreground or no background")
         # OpenCV wants 8-bit BGR; the colour models do not care about the channel order, but keep it right.
+        # Values are in [0, 1] up to RANGE_TOLERANCE (checked above); the clip only removes that overshoot.
         image = np.ascontiguousarray((np.clip(images[n], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[..., ::-1])
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.grabCut(image, labels, None, bgd, fgd, int(iterations), cv2.GC_INIT_WITH_MASK)

@@ -8,6 +8,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from jaxviz import pretrained  # noqa: E402
+
 # No silent broadcasting: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -17,12 +19,10 @@ def digits_training(tmp_path_factory):
     """`{"params", "seconds", "steps", "cache_dir"}`: the digits network trained ONCE per session into
     a temporary cache folder (never the user's real cache), the wall time of training (including
     compilation) and the number of progress callbacks."""
-    from jaxviz.models.digits import digits_params as train_or_load
-
     cache_dir = str(tmp_path_factory.mktemp("jaxviz_cache"))
     steps = []
     t0 = time.perf_counter()
-    params = train_or_load(cache_dir=cache_dir, progress=lambda epoch, step, metrics: steps.append(step))
+    params = pretrained.digits_params(cache_dir, progress=lambda epoch, step, metrics: steps.append(step))
     return {"params": params, "seconds": time.perf_counter() - t0, "steps": len(steps), "cache_dir": cache_dir}
 
 

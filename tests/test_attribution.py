@@ -381,6 +381,84 @@ class TestTorchVGG11:
         diff = f[0] - f[1]
         np.testing.assert_allclose(out.delta, attributions.sum(axis=(1, 2, 3)) - diff, rtol=0, atol=1e-9 * np.abs(diff).max())
 
+    # ------------------------------------------------------------------ captum 0.9.0, same weights
+    @staticmethod
+    def _captum(setup):
+        """`(torch, net, model, params, x)` with `net` taking images in [0, 1], as jaxviz does."""
+        pytest.importorskip("captum")
+        torch, module, model, params, x = setup
+        mean = torch.tensor(model.mean, dtype=torch.float64).reshape(1, 3, 1, 1)
+        std = torch.tensor(model.std, dtype=torch.float64).reshape(1, 3, 1, 1)
+
+        class Normalized(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = module
+
+            def forward(self, images):
+                return self.net((images - mean) / std)
+
+        return torch, Normalized(), model, params, x
+
+    @staticmethod
+    def _nchw(torch, images):
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).requires_grad_(True)
+
+    def test_noise_tunnel(self, setup, monkeypatch):
+        """SmoothGrad with the same noise as captum's NoiseTunnel(Saliency): `absolute=True` is
+        captum's default (mean |gradient|), `absolute=False` its `abs=False`; SmoothGrad^2 and VarGrad."""
+        from captum.attr import NoiseTunnel, Saliency
+
+        torch, net, model, params, x = self._captum(setup)
+        classes, num, key = [5, 200], 3, jax.random.key(11)
+        with jax.enable_x64(True):
+            eps = np.stack([np.asarray(jax.random.normal(k, x.shape[1:], jnp.float64)) for k in jax.random.split(key, num)])
+            sigma = 0.15 * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
+            sg = functools.partial(A.smoothgrad, model, params, x, jnp.asarray(classes), key=key, num_samples=num, batch_size=2)
+            ours = {(mode, absolute): np.asarray(sg(mode=mode, absolute=absolute))
+                    for mode, absolute in [("mean", True), ("mean", False), ("squared", False), ("variance", True)]}
+        # captum draws `torch.normal(0, stdev)` for images repeated `nt_samples` times each (image-major):
+        # give it jaxviz's noise, sigma_n * eps_s, in that order.
+        noise = (sigma[:, None, None, None, None] * eps[None]).reshape(-1, *x.shape[1:]).transpose(0, 3, 1, 2)
+        real_normal = torch.normal
+
+        def fake_normal(mean, std, *args, **kwargs):
+            if isinstance(std, torch.Tensor) and tuple(std.shape) == noise.shape:
+                return torch.from_numpy(noise.copy())
+            return real_normal(mean, std, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "normal", fake_normal)
+        tunnel = NoiseTunnel(Saliency(net))
+        names = {"mean": "smoothgrad", "squared": "smoothgrad_sq", "variance": "vargrad"}
+        for (mode, absolute), got in ours.items():
+            ref = tunnel.attribute(self._nchw(torch, x), nt_type=names[mode], nt_samples=num, stdevs=1.0,
+                                   target=classes, abs=absolute).detach().numpy().transpose(0, 2, 3, 1)
+            close(got, ref, 1e-9)
+        assert np.abs(ours["mean", True] - np.abs(ours["mean", False])).max() > 1e-3 * np.abs(ours["mean", True]).max()
+
+    def test_guided_gradcam_upsampling(self, setup):
+        """guided_gradcam(upsample="nearest") is captum's GuidedGradCam default; "bilinear" its
+        interpolate_mode="bilinear"; gradcam(upsample="nearest") is torch's legacy nearest."""
+        from captum.attr import GuidedGradCam
+
+        torch, net, model, params, x = self._captum(setup)
+        classes = [5, 200]
+        ggc = jax.jit(A.guided_gradcam, static_argnums=0, static_argnames=("upsample",))
+        layer = net.net.features[19]  # relu5_2, jaxviz's default Grad-CAM layer for VGG11
+        with jax.enable_x64(True):
+            ours = {mode: ggc(model, params, x, jnp.asarray(classes), upsample=mode) for mode in ("nearest", "bilinear")}
+            low = A.gradcam(model, params, x, jnp.asarray(classes), upsample=False)
+            near = A.gradcam(model, params, x, jnp.asarray(classes), upsample="nearest")
+        for mode, got in ours.items():
+            ref = GuidedGradCam(net, layer).attribute(self._nchw(torch, x), target=classes, interpolate_mode=mode)
+            close(got, ref.detach().numpy().transpose(0, 2, 3, 1), 1e-9)
+        assert np.abs(np.asarray(ours["nearest"] - ours["bilinear"])).max() > 1e-3 * np.abs(np.asarray(ours["bilinear"])).max()
+        for size in ((32, 32), (13, 7)):  # integer and fractional scale factors
+            ref = torch.nn.functional.interpolate(torch.from_numpy(np.array(low))[:, None], size=size, mode="nearest")
+            got = A._upsample(jnp.asarray(low), size, "nearest")
+            np.testing.assert_array_equal(got, ref[:, 0].numpy())
+        np.testing.assert_array_equal(near, A._upsample(low, (32, 32), "nearest"))
+
 
 class TestTorchAlexNet:
     @pytest.fixture(scope="class")

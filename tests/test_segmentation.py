@@ -64,6 +64,12 @@ def test_missing_opencv_message(monkeypatch):
         S.grabcut(image, saliency)
 
 
+def _nan_pixel(array):
+    array = array.copy()
+    array[3, 4] = np.nan
+    return array
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -71,6 +77,17 @@ def test_missing_opencv_message(monkeypatch):
         (dict(saliency=np.ones((32, 64))), "saliency must be"),
         (dict(image=np.ones((64, 64))), "RGB"),
         (dict(foreground=0.2, background=0.5), "quantiles"),
+        (dict(iterations=-3), "iterations must be a positive integer"),
+        (dict(iterations=0), "iterations must be a positive integer"),
+        (dict(iterations=2.5), "iterations must be a positive integer"),
+        (dict(image=np.zeros((0, 64, 64, 3), np.float32), saliency=np.zeros((0, 64, 64))), "empty batch"),
+        # One NaN pixel: refused as non-finite, not reported as a "(nearly) constant" saliency map.
+        (dict(image=_nan_pixel(_scene(0, (30, 30))[0])), "non-finite"),
+        (dict(saliency=_nan_pixel(_scene(0, (30, 30))[1])), "non-finite"),
+        # Images outside [0, 1] are refused (with how to convert), not clipped to white.
+        (dict(image=_scene(0, (30, 30))[0] * 255), "divide by 255"),
+        (dict(image=_scene(0, (30, 30))[0] - 0.5), r"\[0, 1\]"),
+        (dict(image=(_scene(0, (30, 30))[0] * 255).astype(np.uint8)), "floating point"),
     ],
 )
 def test_bad_input(kwargs, match):

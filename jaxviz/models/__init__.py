@@ -6,7 +6,8 @@
     acts = model.apply(params, images, until="relu4_2")
 
 Architectures: `vgg11`, `vgg13`, `vgg16`, `vgg19` and their `_bn` variants, `alexnet` (all exactly
-as torchvision defines them), and `digits` (a small VGG-style net trained on scikit-learn's digits).
+as torchvision defines them), and `digits` (a small VGG-style net for scikit-learn's digits; its
+trained parameters come from `jaxviz.pretrained.digits_params`).
 A user's own Flax module becomes a `Model` through `from_flax`.
 """
 
@@ -26,6 +27,7 @@ from jaxviz.models.base import (
     receptive_field,
     spatial_shape,
 )
+from jaxviz.models.digits import digits_model
 from jaxviz.models.imagenet import decode_predictions, imagenet_classes
 from jaxviz.models.linen import from_flax
 from jaxviz.models.vgg import CONV_CONFIGS, VGGConfig, make_vgg, vgg_config, vgg_layers
@@ -47,24 +49,17 @@ for _arch in IMAGENET_ARCHITECTURES:
         register(_arch, lambda: make_alexnet(class_names=imagenet_classes()))
     else:
         register(_arch, functools.partial(lambda a: make_vgg(a, vgg_config(a), class_names=imagenet_classes()), _arch))
+register("digits", digits_model)
 
 
 def architectures() -> tuple[str, ...]:
     """Names `get` accepts."""
-    _load_optional()
     return tuple(_FACTORIES)
-
-
-def _load_optional():
-    # Modules that register themselves; imported lazily to keep `import jaxviz` light.
-    import jaxviz.models.digits  # noqa: F401
 
 
 @functools.lru_cache(maxsize=None)
 def get(arch: str) -> Model:
     """The `Model` for `arch` (one shared object per name, so `jit` caches are reused)."""
-    if arch not in _FACTORIES:
-        _load_optional()
     if arch not in _FACTORIES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(architectures())}")
     return _FACTORIES[arch]()

@@ -85,7 +85,9 @@ def max_pool(x, window=(2, 2), stride=(2, 2)):
     does (Zeiler & Fergus's "switches"). Plain `max` would share it between tied inputs, which
     differs from torch wherever a window holds exact ties: after a ReLU zeroed a whole window (the
     deconvnet rule passes gradients there), or on constant images such as a black baseline. Written
-    as a `custom_jvp`, so forward mode, reverse mode and higher derivatives all work.
+    as a `custom_jvp`, so forward mode, reverse mode and higher derivatives all work. NaN propagates:
+    a window holding NaN has a NaN output and a NaN derivative (never -inf, another value of the
+    window, or a silent zero).
 
     Non-overlapping windows use reshape + max, whose gradient XLA computes far faster on CPU than
     `reduce_window`'s select-and-scatter; overlapping ones (AlexNet's 3x3/2) an elementwise max of
@@ -93,32 +95,43 @@ def max_pool(x, window=(2, 2), stride=(2, 2)):
     """
     window, stride = tuple(window), tuple(stride)
     if window == stride:
-        return _tiles(x, window).max(axis=(2, 4))
-    return functools.reduce(jnp.maximum, _window_slices(x, window, stride))
+        tiles = _tiles(x, window)
+        y, has_nan = tiles.max(axis=(2, 4)), jnp.isnan(tiles).any(axis=(2, 4))
+    else:
+        slices = list(_window_slices(x, window, stride))
+        y = functools.reduce(jnp.maximum, slices)
+        has_nan = functools.reduce(jnp.logical_or, [jnp.isnan(s) for s in slices])
+    # XLA's CPU max need not propagate NaN (fast min/max lowering is its default, and its YNNPACK
+    # reductions return the max of the other values, or -inf): make NaN windows NaN explicitly.
+    return jnp.where(has_nan, jnp.nan, y)
 
 
 @max_pool.defjvp
 def _max_pool_jvp(window, stride, primals, tangents):
+    # A window holding NaN has a NaN maximum (XLA's max propagates NaN) that equals none of its
+    # inputs: its "first maximum" is then its first NaN, and the derivative is multiplied by NaN, so
+    # that NaN inputs give NaN derivatives (forward and reverse mode) instead of a silent zero.
     (x,), (t,) = primals, tangents
     window, stride = tuple(window), tuple(stride)
     y = max_pool(x, window, stride)
+    nan_factor = jnp.where(jnp.isnan(y), jnp.nan, 1).astype(t.dtype)
     if window == stride:
         tiles = _tiles(x, window)
-        is_max = tiles == y[:, :, None, :, None, :]
+        is_max = (tiles == y[:, :, None, :, None, :]) | jnp.isnan(tiles)
         # Exclusive count of maxima before each element of its window, in row-major order.
         in_row = jnp.cumsum(is_max, axis=4) - is_max
         rows = jnp.sum(is_max, axis=4, keepdims=True)
         before_rows = jnp.cumsum(rows, axis=2) - rows
         first = is_max & (in_row + before_rows == 0)
         dy = jnp.sum(jnp.where(first, _tiles(t, window), 0), axis=(2, 4))
-        return y, dy
+        return y, dy * nan_factor
     taken = jnp.zeros(y.shape, bool)
     dy = jnp.zeros(y.shape, t.dtype)
     for xs, ts in zip(_window_slices(x, window, stride), _window_slices(t, window, stride)):
-        first = (xs == y) & ~taken
+        first = ((xs == y) | jnp.isnan(xs)) & ~taken
         dy = dy + jnp.where(first, ts, 0)
         taken = taken | first
-    return y, dy
+    return y, dy * nan_factor
 
 
 def avg_pool(x, window=(2, 2), stride=(2, 2)):

@@ -653,8 +653,8 @@ def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
     with w.stage(f"training the feature-inversion generator of the digits network ({epochs} epochs; cached after the first run)") as st:
         recipe = dataclasses.replace(generator.DEFAULT_RECIPE, epochs=epochs)
         gen = generator.digits_generator(params, recipe=recipe, progress=lambda e, s_, m: setattr(st, "status", f"epoch {e + 1}/{epochs}"))
-    held = gen.history.get("held_out") if isinstance(gen.history, dict) else None
-    if held:
+    held = np.asarray(gen.history.get("held_out", [])) if isinstance(gen.history, dict) else np.zeros(0)
+    if held.size > 1:
         w.note(f"generator prior: held-out reconstruction error {held[0]:.4f} -> {held[-1]:.4f} ({held[0] / held[-1]:.1f}x lower)")
     with w.stage("class visualisation in pixel space and through the generator prior (DGN-AM), same steps"):
         gp = generator.demo_pixel_vs_generator(model, params, gen, key=jax.random.key(1))

@@ -165,7 +165,7 @@ def main(argv=None):
     parser.add_argument("--sizes", default="64,224", help="image sizes (square)")
     parser.add_argument("--batches", default="4,1", help="images per call, one per size")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4, help="SmoothGrad samples")
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise (images have range ~1)")
     parser.add_argument("--steps", type=int, default=4, help="integrated-gradients steps")

@@ -98,10 +98,8 @@ deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
 # --------------------------------------------------------------------------- validation
 def _check_images(model: Model, images) -> None:
-    # Concrete images closed over by the caller's `jit`/`vmap` are still concrete here: evaluate the
-    # checks eagerly instead of tracing them.
-    with jax.ensure_compile_time_eval():
-        model.check_images(images)
+    """`Model.check_images`: shape, dtype, non-empty batch; concrete pixels finite and in [0, 1]."""
+    model.check_images(images)
 
 
 def _prepare(model: Model, params, images: Array, target: Target) -> Objective:
@@ -644,8 +642,7 @@ def _baseline(images: Array, baseline) -> Array:
     if baseline is None:
         return jnp.zeros(images.shape, dtype)
     if not isinstance(baseline, jax.core.Tracer):
-        with jax.ensure_compile_time_eval():
-            check_pixel_values(jnp.asarray(baseline), "the integrated-gradients baseline")
+        check_pixel_values(np.asarray(baseline), "the integrated-gradients baseline")
     base = jnp.asarray(baseline, dtype)
     if base.ndim == 0:
         return jnp.full(images.shape, base, dtype)

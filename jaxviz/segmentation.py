@@ -55,7 +55,9 @@ def seed_mask(
     midpoint of the two quantiles).
 
     Args:
-      saliency: `[N, H, W]` or `[H, W]`, any real values (larger = more salient).
+      saliency: `[N, H, W]` or `[H, W]`, finite real values (larger = more salient); concrete NaN or inf
+        is a `ValueError` (traced, where it cannot be checked, NaN gives meaningless labels: integer
+        labels cannot hold NaN).
       foreground, background, probable: quantiles in [0, 1], `background < probable <= foreground`.
 
     Returns:
@@ -68,6 +70,8 @@ def seed_mask(
             "quantiles must satisfy 0 <= background < probable <= foreground <= 1; got "
             f"background={background}, probable={probable}, foreground={foreground}"
         )
+    if not isinstance(saliency, jax.core.Tracer) and not np.isfinite(np.asarray(saliency)).all():
+        raise ValueError("saliency contains non-finite values (NaN or inf): quantile seeds would be meaningless")
     saliency = jnp.asarray(saliency)
     if saliency.ndim not in (2, 3):
         raise ValueError(f"saliency must be [N, H, W] or [H, W]; got shape {saliency.shape}")

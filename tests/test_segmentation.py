@@ -55,6 +55,8 @@ def test_seed_mask_quantiles_and_jit():
         for lo, hi in zip(order, order[1:]):
             assert sal[n][seeds[n] == lo].max() <= sal[n][seeds[n] == hi].min()
     np.testing.assert_array_equal(jax.jit(S.seed_mask)(sal), S.seed_mask(sal))
+    with pytest.raises(ValueError, match="non-finite"):
+        S.seed_mask(np.where(sal > 0.99, np.nan, sal))
 
 
 def test_missing_opencv_message(monkeypatch):

@@ -17,6 +17,7 @@ import numpy as np
 #: Names returned by `sample_photos` and `sample_textures`, in order.
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "grace_hopper")
 TEXTURE_NAMES = ("brick", "gravel", "grass")
+STYLE_NAMES = ("immunohistochemistry", "hubble_deep_field", "colorwheel")
 
 #: The fixed digits split: a permutation of the 1797 images drawn from this seed, the first
 #: `DIGITS_TRAIN` of them for training and the rest held out.
@@ -217,6 +218,23 @@ def sample_textures(size: Union[int, Sequence[int], None] = None) -> dict[str, n
     """
     skdata = _require("skimage.data", "scikit-image", "jaxviz.data.sample_textures")
     return _finish({name: getattr(skdata, name)() for name in TEXTURE_NAMES}, size)
+
+
+def sample_styles(size: Union[int, Sequence[int], None] = None) -> dict[str, np.ndarray]:
+    """Colour images with strong texture or palette that scikit-image ships, for style demos:
+    `immunohistochemistry` (stained tissue), `hubble_deep_field` (stars and galaxies) and `colorwheel`.
+
+    Args:
+      size: `None` (originals) or an int / `(h, w)` for a centre crop and resize.
+
+    Returns:
+      `{name: float32 [H, W, 3] in [0, 1]}` in the order of `STYLE_NAMES`.
+
+    Raises:
+      ImportError: scikit-image is not installed.
+    """
+    skdata = _require("skimage.data", "scikit-image", "jaxviz.data.sample_styles")
+    return _finish({name: getattr(skdata, name)() for name in STYLE_NAMES}, size)
 
 
 def batches(images, batch_size: int, labels=None) -> Iterator:

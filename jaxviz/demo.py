@@ -1,18 +1,24 @@
 """The offline demo behind `jaxviz demo`: real pictures of every technique, written to a folder.
 
-Two parts:
+Five parts:
   1. the small VGG-style network trained here on scikit-learn's handwritten digits (trained once,
      then cached): every attribution and inspection technique, on a network whose pictures mean
      something;
   2. VGG16 on real photos from scikit-image and matplotlib: with random weights (no pretrained file
      can be downloaded offline) only the layer-level pictures that need no training; with a converted
      ImageNet params file (`--params vgg16.npz`) also predictions, attributions and saliency-seeded
-     GrabCut on the photos.
+     GrabCut on the photos;
+  3. synthesis on the digits network: class visualisations three ways, fooling images, class
+     visualisation through a generator prior (trained here once, then cached), inversion per layer;
+  4. synthesis on VGG16: DeepDream, inversion of a photo, Gram and nearest-neighbour textures, style
+     transfer;
+  5. fast style transfer: a small transformation network trained for about a minute on crops of the
+     bundled photos (before/after), and a conditional-instance-norm network holding three styles,
+     blended along a path.
 
-Time on 2 CPU cores (each run's README lists its own): training the digits network the first time
-takes 100-170 s (101 s measured on an idle machine, 165 s on one shared with other jobs); after
-that, `--quick` used 67 s of CPU time and the full run 89 s, but 4-6 minutes of wall-clock time on
-the shared machine (the README of each run gives both, so a slow run can be told from a busy one).
+How much each part computes is a `Settings`: `FULL` (`jaxviz demo`), `QUICK` (`--quick`) and `SMOKE`
+(the test suite's: every part and picture at the smallest sizes). Each run's README lists the time
+of every step, in wall-clock and CPU time, so a slow run can be told from a busy machine.
 
 Every input is checked before any work (`check_inputs`): the params file loads and fits an ImageNet
 architecture, the output folder can be created and written, the cache folder can be written (if not,
@@ -26,6 +32,7 @@ nothing is printed here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import tempfile
@@ -36,13 +43,17 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxviz import attribution, data, embedding, imaging, inspection, models, plot, pretrained, segmentation, train
+from jaxviz import attribution, data, embedding, faststyle, imaging, inspection, models, plot, pretrained, segmentation, train
 from jaxviz.io import atomic_write, load_params
 from jaxviz.plot import Scale
-import dataclasses
-
 from jaxviz.synthesis import adversarial, dream, features, generator, inversion, nn_texture, style, texture
+
+# Fast-style part: pytorch/examples' loss weights, with Adam 1e-2 (its 1e-3 needs thousands of steps, not
+# the demo's minute).
+_FAST_STYLE_WEIGHTS = dict(content_weight=1e5, style_weight=1e10)
+_FAST_STYLE_OPTIMIZER = optax.adam(1e-2)
 
 #: During a long step, `log` hears at least every this many seconds.
 HEARTBEAT_S = 10.0
@@ -50,6 +61,59 @@ HEARTBEAT_S = 10.0
 # Colour scales of the attribution pictures (what each colour means).
 _SIGNED_TICKS = {0.0: "−p99", 0.5: "0", 1.0: "+p99"}
 _GREY_GRADIENT = Scale("∂score/∂grey level (RGB summed), ends at ±99th pct. of |·| per image", cmap="gray", ticks=_SIGNED_TICKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How much each part of the demo computes: `FULL` (`jaxviz demo`), `QUICK` (`--quick`) and `SMOKE`
+    (every code path at the smallest sizes and a few steps: the test suite's setting; its pictures show
+    that the pipeline runs, not what the techniques do)."""
+
+    name: str
+    # part 1, digits: attribution, t-SNE
+    attribution_digits: int
+    smoothgrad_samples: int
+    ig_steps: int
+    tsne_points: int
+    tsne_steps: int
+    # part 2, ImageNet architecture on photos
+    photo_size: int
+    photos: int
+    # part 3, synthesis on the digits network
+    vis_steps: int
+    fooling_digits: int
+    fooling_steps: int
+    generator_epochs: int
+    dgn_steps: int
+    digit_inversion_steps: int
+    # part 4, synthesis on the ImageNet architecture
+    synthesis_size: int
+    dream_steps: int
+    photo_inversion_steps: int
+    texture_size: int
+    texture_steps: int
+    nn_texture_size: int
+    style_steps: int
+    # part 5, fast style transfer
+    fast_style_size: int
+    fast_style_steps: int
+
+
+FULL = Settings("full", attribution_digits=8, smoothgrad_samples=32, ig_steps=64, tsne_points=600, tsne_steps=1000,
+                photo_size=224, photos=5, vis_steps=256, fooling_digits=10, fooling_steps=adversarial.CS231N_STEPS,
+                generator_epochs=3, dgn_steps=generator.DGN_STEPS, digit_inversion_steps=200, synthesis_size=160,
+                dream_steps=10, photo_inversion_steps=150, texture_size=64, texture_steps=200, nn_texture_size=40,
+                style_steps=200, fast_style_size=64, fast_style_steps=200)
+QUICK = dataclasses.replace(
+    FULL, name="quick", attribution_digits=4, smoothgrad_samples=16, ig_steps=32, tsne_points=300, tsne_steps=500,
+    photo_size=128, photos=3, vis_steps=128, fooling_digits=5, digit_inversion_steps=100, synthesis_size=96,
+    dream_steps=5, photo_inversion_steps=60, texture_size=48, texture_steps=60, nn_texture_size=24, style_steps=60,
+    fast_style_size=48, fast_style_steps=150)
+SMOKE = dataclasses.replace(
+    QUICK, name="smoke", attribution_digits=2, smoothgrad_samples=2, ig_steps=4, tsne_points=60, tsne_steps=20,
+    photo_size=64, photos=2, vis_steps=4, fooling_digits=2, fooling_steps=4, dgn_steps=4, digit_inversion_steps=4,
+    synthesis_size=64, dream_steps=2, photo_inversion_steps=3, texture_size=32, texture_steps=3, nn_texture_size=10,
+    style_steps=3, fast_style_size=32, fast_style_steps=3)
 
 
 class _Stage:
@@ -67,8 +131,8 @@ class _Writer:
     being drawn).
     """
 
-    def __init__(self, out: str, log: Callable[[str], None], quick: bool):
-        self.out, self._log, self.quick = out, log, quick
+    def __init__(self, out: str, log: Callable[[str], None], settings: Settings):
+        self.out, self._log, self.settings = out, log, settings
         self.entries: list[tuple[str, str]] = []
         self.notes: list[str] = []
         self.times: list[tuple[str, float]] = []
@@ -79,6 +143,7 @@ class _Writer:
         self._current: Optional[_Stage] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._random_vgg16 = None
         self.write_readme("in progress")
 
     def start(self) -> None:
@@ -117,6 +182,14 @@ class _Writer:
             with self._lock:
                 self._current = previous
 
+    def random_vgg16(self):
+        """VGG16 with random weights (`key(0)`), drawn once per run and shared by the parts that use it
+        (drawing 138M numbers briefly needs about 2.6 GB)."""
+        if self._random_vgg16 is None:
+            with self.stage("drawing random VGG16 weights"):
+                self._random_vgg16 = models.get("vgg16").init(jax.random.key(0))
+        return self._random_vgg16
+
     def figure(self, fig, name: str, description: str) -> None:
         with self._doing(_Stage(f"drawing {name}")):
             path = plot.save(fig, os.path.join(self.out, name))
@@ -146,7 +219,9 @@ class _Writer:
         lines = [
             "# jaxviz demo",
             "",
-            f"Written by `jaxviz demo{' --quick' if self.quick else ''}`. Status: **{status}** "
+            f"Written by `jaxviz demo{' --quick' if self.settings.name == 'quick' else ''}`"
+            + (f" with the {self.settings.name} settings" if self.settings.name not in ('quick', 'full') else '')
+            + f". Status: **{status}** "
             f"({elapsed:.0f} s since the start). This file lists exactly the pictures this run has written.",
             "",
             "## Numbers measured in this run",
@@ -273,7 +348,7 @@ def _digits_params(w: _Writer, cache_problem: Optional[str]):
     return jax.tree_util.tree_map(jnp.asarray, params)
 
 
-def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]):
+def _digits(w: _Writer, cfg: Settings, cache_problem: Optional[str]):
     """Part 1; returns the trained params (the synthesis part uses them)."""
     model = models.get("digits")
     params = _digits_params(w, cache_problem)
@@ -282,8 +357,8 @@ def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]):
     w.note(f"digits network: held-out accuracy {acc:.1%} on {len(d.test_labels)} test digits")
     net = f"digits network (trained, {acc:.0%})"
 
-    # One test digit per class (first occurrence), fewer in quick mode.
-    classes = range(4 if quick else 8)
+    # One test digit per class (first occurrence), for the first classes.
+    classes = range(cfg.attribution_digits)
     idx = np.array([int(np.flatnonzero(d.test_labels == c)[0]) for c in classes])
     x = jnp.asarray(d.test_images[idx])
     y = jnp.asarray(d.test_labels[idx])
@@ -303,9 +378,9 @@ def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]):
         st.status = "guided Grad-CAM"
         ggc = attribution.guided_gradcam(model, params, x, y)
         st.status = "SmoothGrad"
-        sg = attribution.smoothgrad(model, params, x, y, key=jax.random.key(0), num_samples=16 if quick else 32)
+        sg = attribution.smoothgrad(model, params, x, y, key=jax.random.key(0), num_samples=cfg.smoothgrad_samples)
         st.status = "integrated gradients"
-        ig = attribution.integrated_gradients(model, params, x, y, steps=32 if quick else 64)
+        ig = attribution.integrated_gradients(model, params, x, y, steps=cfg.ig_steps)
         st.status = "occlusion"
         occ = attribution.occlusion(model, params, x, y, size=occ_size, stride=occ_stride)
         occ_img = attribution.occlusion_image(occ, x.shape[1:3], size=occ_size, stride=occ_stride)
@@ -404,12 +479,12 @@ def _digits(w: _Writer, quick: bool, cache_problem: Optional[str]):
         )
 
     # t-SNE of features vs raw pixels, scored by 2-D k-NN accuracy.
-    m = 300 if quick else 600
+    m = cfg.tsne_points
     feats = jnp.concatenate([test_f, train_f])[:m]
     pixels = jnp.concatenate([test_px, train_px])[:m]
     labels = np.concatenate([d.test_labels, d.train_labels])[:m]
     imgs = np.concatenate([d.test_images, d.train_images])[:m]
-    steps = 500 if quick else 1000
+    steps = cfg.tsne_steps
     with w.stage(f"running t-SNE on {m} digits, {steps} steps, twice ({feat_layer} features, raw pixels), and scoring it") as st:
         st.status = f"{feat_layer} features"
         emb_f = embedding.tsne(feats, key=jax.random.key(0), steps=steps)
@@ -497,15 +572,14 @@ def _digits_grabcut(w: _Writer, net: str, x, sg) -> None:
 
 
 # --------------------------------------------------------------------------- part 2: ImageNet
-def _imagenet(w: _Writer, params, arch: Optional[str], params_path: Optional[str], quick: bool) -> None:
+def _imagenet(w: _Writer, params, arch: Optional[str], params_path: Optional[str], cfg: Settings) -> None:
     if params is not None:
         model = models.get(arch)
         random = False
         w.log(f"ImageNet part: {arch} with weights from {params_path}")
     else:
         arch, model, random = "vgg16", models.get("vgg16"), True
-        with w.stage("drawing random VGG16 weights"):
-            params = model.init(jax.random.key(0))
+        params = w.random_vgg16()
         w.note(
             "ImageNet part: VGG16 with RANDOM weights (no pretrained file given; none can be downloaded offline). "
             "Its pictures show the layers' geometry, not what a trained network sees. Convert real weights with "
@@ -515,9 +589,9 @@ def _imagenet(w: _Writer, params, arch: Optional[str], params_path: Optional[str
     params = jax.tree_util.tree_map(jnp.asarray, params)
     tag = "random weights" if random else f"weights from {os.path.basename(params_path)}"
     net = f"{'AlexNet' if arch == 'alexnet' else arch.upper()} ({tag})"
-    size = 128 if quick else 224
+    size = cfg.photo_size
     photos = data.sample_photos(size)
-    names = list(photos)[: 3 if quick else len(photos)]
+    names = list(photos)[: cfg.photos]
     x = jnp.asarray(np.stack([photos[n] for n in names]))
 
     first = inspection.first_conv_layer(model)
@@ -602,12 +676,12 @@ def _imagenet(w: _Writer, params, arch: Optional[str], params_path: Optional[str
 
 
 # --------------------------------------------------------------------------- part 3: synthesis
-def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
+def _digits_synthesis(w: _Writer, params, cfg: Settings) -> None:
     """Image synthesis on the trained digits network: class visualisations, fooling, inversion."""
     model = models.get("digits")
     d = data.load_digits()
     net = "digits network (trained)"
-    steps = 128 if quick else 256
+    steps = cfg.vis_steps
     with w.stage(f"visualising the ten digit classes three ways ({steps} steps each, one batched call per way)"):
         vis = features.demo_class_visualizations(model, params, key=jax.random.key(0), steps=steps)
     rows, titles = [], []
@@ -626,9 +700,9 @@ def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
         "run's few steps on 32 px digits it barely leaves the grey start, which the probabilities show.",
     )
 
-    idx = np.array([int(np.flatnonzero(d.test_labels == c)[0]) for c in range(5 if quick else 10)])
+    idx = np.array([int(np.flatnonzero(d.test_labels == c)[0]) for c in range(cfg.fooling_digits)])
     with w.stage(f"fooling {len(idx)} held-out digits into the next class (CS231n recipe, early stop at top-1)"):
-        fool = adversarial.demo_fooling(model, params, jnp.asarray(d.test_images[idx]), jnp.asarray(d.test_labels[idx]))
+        fool = adversarial.demo_fooling(model, params, jnp.asarray(d.test_images[idx]), jnp.asarray(d.test_labels[idx]), steps=cfg.fooling_steps)
     succ = np.asarray(fool["success"])
     linf = np.asarray(fool["linf"])
     w.note(
@@ -651,7 +725,7 @@ def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
         "channel sum, mid-grey = 0, ends at ±99th pct.) and the fooled images (bottom).",
     )
 
-    epochs = 3
+    epochs = cfg.generator_epochs
     with w.stage(f"training the feature-inversion generator of the digits network ({epochs} epochs; cached after the first run)") as st:
         recipe = dataclasses.replace(generator.DEFAULT_RECIPE, epochs=epochs)
         gen = generator.digits_generator(params, recipe=recipe, progress=lambda e, s_, m: setattr(st, "status", f"epoch {e + 1}/{epochs}"))
@@ -659,7 +733,7 @@ def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
     if held.size > 1:
         w.note(f"generator prior: held-out reconstruction error {held[0]:.4f} -> {held[-1]:.4f} ({held[0] / held[-1]:.1f}x lower)")
     with w.stage("class visualisation in pixel space and through the generator prior (DGN-AM), same steps"):
-        gp = generator.demo_pixel_vs_generator(model, params, gen, key=jax.random.key(1))
+        gp = generator.demo_pixel_vs_generator(model, params, gen, key=jax.random.key(1), steps=cfg.dgn_steps)
     means = np.stack([d.train_images[d.train_labels == c].mean(0) for c in range(10)])
     corr = {k: generator.class_mean_correlation(gp[k], means, np.arange(10)) for k in ("pixel", "generator")}
     w.note(
@@ -679,7 +753,7 @@ def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
     layers = tuple(s_.name for s_ in model.layers if s_.kind == "relu")
     layers = layers[::2] + ((layers[-1],) if layers[-1] not in layers[::2] else ())
     with w.stage(f"inverting one digit from {len(layers)} layers in one engine call"):
-        inv = inversion.invert_layers(model, params, d.test_images[idx[3 % len(idx)]], layers, key=jax.random.key(0), steps=100 if quick else 200)
+        inv = inversion.invert_layers(model, params, d.test_images[idx[3 % len(idx)]], layers, key=jax.random.key(0), steps=cfg.digit_inversion_steps)
         ps = np.asarray(inversion.psnr(inv.images, jnp.broadcast_to(jnp.asarray(d.test_images[idx[3 % len(idx)]])[None], inv.images.shape)))
     w.note("feature inversion PSNR by layer: " + ", ".join(f"{l} {p:.1f} dB" for l, p in zip(layers, ps)))
     w.figure(
@@ -694,25 +768,24 @@ def _digits_synthesis(w: _Writer, params, quick: bool) -> None:
     )
 
 
-def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Optional[str], quick: bool) -> None:
+def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Optional[str], cfg: Settings) -> None:
     """DeepDream and inversion of a photo, Gram and nearest-neighbour textures, style transfer."""
     if params is None:
         arch, model, random = "vgg16", models.get("vgg16"), True
-        with w.stage("drawing random VGG16 weights"):
-            params = model.init(jax.random.key(0))
+        params = w.random_vgg16()
     else:
         model, random = models.get(arch), False
     params = jax.tree_util.tree_map(jnp.asarray, params)
     tag = "random weights" if random else f"weights from {os.path.basename(params_path)}"
     net = f"{'AlexNet' if arch == 'alexnet' else arch.upper()} ({tag})"
-    size = 96 if quick else 160
+    size = cfg.synthesis_size
     photos = data.sample_photos(size)
     name = list(photos)[0]
     x = jnp.asarray(photos[name])[None]
     convs = [s_.name for s_ in model.layers if s_.kind == "relu" and s_.spatial]
     layer = convs[len(convs) // 2]
     with w.stage(f"DeepDream on '{name}' at {layer} ({size} px, 3 octaves)"):
-        dr = dream.deepdream(model, params, x, layer=layer, key=jax.random.key(0), octaves=3, steps=5 if quick else 10, jitter=8)
+        dr = dream.deepdream(model, params, x, layer=layer, key=jax.random.key(0), octaves=3, steps=cfg.dream_steps, jitter=8)
     w.note("DeepDream gain of the layer's mean square per octave: " + ", ".join(f"{g:.2f}" for g in np.asarray(dr.gain)[:, 0]))
     w.figure(
         plot.image_grid(np.concatenate([np.asarray(x)] + [np.asarray(jax.image.resize(o, x.shape, "linear")) for o in dr.octaves]),
@@ -724,7 +797,7 @@ def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Op
     )
     inv_layers = (convs[1], convs[len(convs) // 2], convs[-1])
     with w.stage(f"inverting '{name}' from {len(inv_layers)} layers"):
-        inv = inversion.invert_layers(model, params, x, inv_layers, key=jax.random.key(0), steps=60 if quick else 150)
+        inv = inversion.invert_layers(model, params, x, inv_layers, key=jax.random.key(0), steps=cfg.photo_inversion_steps)
     w.figure(
         plot.image_grid(np.concatenate([np.asarray(x), np.asarray(inv.images)]), ncols=len(inv_layers) + 1,
                         titles=["photo"] + list(inv_layers), cell=2.2, title=f"{net}: feature inversion"),
@@ -732,17 +805,17 @@ def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Op
         f"'{name}' reconstructed from three layers' features ({tag}), Mahendran & Vedaldi's priors.",
     )
 
-    tex_size = 48 if quick else 64
+    tex_size = cfg.texture_size
     textures = data.sample_textures(tex_size)
     tnames = list(textures)
     src = np.stack([textures[t] for t in tnames])
     with w.stage(f"Gram texture synthesis of {len(tnames)} textures ({net}, pool1-pool4)"):
-        gram = texture.synthesize(model, params, jnp.asarray(src[:1]), (tex_size, tex_size), key=jax.random.key(0), steps=60 if quick else 200)
+        gram = texture.synthesize(model, params, jnp.asarray(src[:1]), (tex_size, tex_size), key=jax.random.key(0), steps=cfg.texture_steps)
         grams = [np.asarray(gram.images[0])]
         for i in range(1, len(tnames)):
-            grams.append(np.asarray(texture.synthesize(model, params, jnp.asarray(src[i : i + 1]), (tex_size, tex_size), key=jax.random.key(i), steps=60 if quick else 200).images[0]))
+            grams.append(np.asarray(texture.synthesize(model, params, jnp.asarray(src[i : i + 1]), (tex_size, tex_size), key=jax.random.key(i), steps=cfg.texture_steps).images[0]))
     with w.stage(f"nearest-neighbour texture synthesis (Efros & Leung, pixel by pixel) of {len(tnames)} textures"):
-        out = 24 if quick else 40
+        out = cfg.nn_texture_size
         nn = [np.asarray(nn_texture.efros_leung(jnp.asarray(src[i]), (out, out), key=jax.random.key(i), window=9).texture) for i in range(len(tnames))]
         nn = [np.asarray(jax.image.resize(t, (tex_size, tex_size, 3), "nearest")) for t in nn]
     w.figure(
@@ -755,7 +828,7 @@ def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Op
         f"{arch} ({tag}) from noise (Gatys et al. 2015; bottom).",
     )
     with w.stage(f"neural style transfer of '{name}' with the brick texture as style ({net})"):
-        st = style.transfer(model, params, x, jnp.asarray(src[:1]), key=jax.random.key(0), steps=60 if quick else 200, init="content")
+        st = style.transfer(model, params, x, jnp.asarray(src[:1]), key=jax.random.key(0), steps=cfg.style_steps, init="content")
     w.figure(
         plot.image_grid(np.concatenate([np.asarray(x), np.asarray(jax.image.resize(jnp.asarray(src[:1]), x.shape, "linear")),
                                         np.asarray(st.images)]), ncols=3,
@@ -766,7 +839,100 @@ def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Op
     )
 
 
-def run(out, *, params_path: Optional[str] = None, quick: bool = False, log: Callable[[str], None] = lambda s: None) -> list[str]:
+def _fast_style_loss(params, arch: Optional[str], w: _Writer):
+    """The loss network for the fast-style part: the given VGG16/VGG19 weights, else random VGG16 weights."""
+    if params is not None and arch in ("vgg16", "vgg16_bn", "vgg19", "vgg19_bn"):
+        return arch, jax.tree_util.tree_map(jnp.asarray, params), False
+    if params is not None:
+        w.note(f"Fast style transfer needs a VGG16/VGG19 loss network (relu1_2, relu2_2, relu3_3); {arch} has other "
+               "layers, so that part uses random VGG16 weights.")
+    return "vgg16", w.random_vgg16(), True
+
+
+def _fast_style(w: _Writer, params, arch: Optional[str], params_path: Optional[str], cfg: Settings) -> None:
+    """Fast style transfer (Johnson et al. 2016): a small transformation network trained for about a minute
+    on crops of the bundled photos, before/after; a conditional-instance-norm network (Dumoulin et al.
+    2017) holding three styles, blended along a path."""
+    loss_arch, loss_params, random = _fast_style_loss(params, arch, w)
+    tag = "random weights" if random else f"weights from {os.path.basename(params_path)}"
+    loss = faststyle.PerceptualLoss(loss_model=loss_arch, content_layer="relu2_2",
+                                    style_layers=("relu1_2", "relu2_2", "relu3_3"), **_FAST_STYLE_WEIGHTS)
+    net = faststyle.TransformerNet(channels=(16, 32, 64), num_residual=3)
+    size, steps = cfg.fast_style_size, cfg.fast_style_steps
+    styles = data.sample_styles(96)
+    names = list(styles)
+    photos = data.sample_photos(128)
+    content = np.stack(list(photos.values())[:4])
+    optimizer = _FAST_STYLE_OPTIMIZER
+    with tempfile.TemporaryDirectory(prefix="jaxviz-demo-") as folder:
+        rng = np.random.default_rng(0)
+        for name, img in data.sample_photos(160).items():  # 4 crops of each photo: the training folder
+            for i in range(4):
+                t, l = rng.integers(0, 160 - 112, size=2)
+                imaging.save_image(os.path.join(folder, f"{name}_{i}.png"), img[t:t + 112, l:l + 112])
+
+        def progress(stage):
+            def cb(step, m):
+                stage.status = f"step {step}/{stage.steps}, loss {m['loss']:.3g}, {m['images_per_s']:.1f} images/s"
+            return cb
+
+        with w.stage(f"training a fast-style network on '{names[0]}' ({steps} steps of 4 photo crops at {size} px, "
+                     f"VGG loss with {tag})") as st:
+            st.steps = steps
+            history = []
+            cb = progress(st)
+            plain = faststyle.train(net, folder, [styles[names[0]]], key=jax.random.key(0), steps=steps,
+                                    loss_params=loss_params, loss=loss, batch_size=4, size=size, optimizer=optimizer,
+                                    log_every=10, callback=lambda s, m: (history.append((s, m["loss"])), cb(s, m)))
+        first, last = history[0][1], history[-1][1]
+        w.note(f"Fast style ('{names[0]}'): training loss {first:.3g} at step {history[0][0]} -> {last:.3g} at step "
+               f"{history[-1][0]} ({first / last:.1f}x lower).")
+        out = np.asarray(faststyle.stylize(plain.params, jnp.asarray(content), net=net))
+        w.figure(
+            plot.image_grid(np.concatenate([content, out, data.center_crop_resize(styles[names[0]], content.shape[1:3])[None]]),
+                            ncols=len(content),
+                            titles=["photo"] * len(content) + ["stylised"] * len(content) + [f"style: {names[0]}"],
+                            cell=2.0, title=f"fast style transfer: one forward pass per photo (loss net {loss_arch}, {tag})"),
+            "fast_style.png",
+            f"A small transformation network (pytorch/examples' layout, {net.channels} channels, {net.num_residual} "
+            f"residual blocks) trained for {steps} steps on {size} px crops of the bundled photos to match "
+            f"'{names[0]}' (Johnson et al. 2016's perceptual loss: content relu2_2, Gram style relu1_2-relu3_3, "
+            f"{loss_arch} with {tag}); then applied to 128 px photos in one forward pass. The last image is the style."
+            + (" With RANDOM loss-network weights the network learns to match the random features' Gram matrices but does "
+               "not take on the style's colours (optimisation-based transfer through the same random network gives a "
+               "flat image too): the picture shows the training pipeline at work, not a style; with converted VGG16 "
+               "weights (`--params vgg16.npz`) it shows the style." if random else ""),
+        )
+
+        cin = faststyle.TransformerNet(num_styles=len(names), channels=net.channels, num_residual=net.num_residual)
+        with w.stage(f"training a conditional-instance-norm network on {len(names)} styles ({steps} steps)") as st:
+            st.steps = steps
+            multi = faststyle.train(cin, folder, [styles[n] for n in names], key=jax.random.key(1), steps=steps,
+                                    loss_params=loss_params, loss=loss, batch_size=4, size=size, optimizer=optimizer,
+                                    log_every=10, callback=progress(st))
+    # A closed path through the style simplex: 0 -> 1 -> 2 -> 0, four points per edge.
+    corners = np.eye(len(names), dtype=np.float32)
+    ts = np.linspace(0, 1, 4, endpoint=False, dtype=np.float32)
+    path = np.stack([(1 - t) * corners[i] + t * corners[(i + 1) % len(names)] for i in range(len(names)) for t in ts])
+    photo = jnp.broadcast_to(jnp.asarray(content[1]), (len(path), *content.shape[1:]))
+    blend = np.asarray(faststyle.stylize(multi.params, photo, net=cin, style=path))
+    w.figure(
+        plot.image_grid(np.concatenate([content[1:2], np.stack([data.center_crop_resize(styles[n], content.shape[1:3]) for n in names]),
+                                        blend]), ncols=len(ts),
+                        titles=["photo"] + [f"style {i}: {n}" for i, n in enumerate(names)]
+                        + ["weights [" + ", ".join(f"{v:.2f}" for v in p) + "]" for p in path],
+                        cell=1.9, title=f"one CIN network, {len(names)} styles blended (loss net {loss_arch}, {tag})"),
+        "fast_style_blend.png",
+        f"One transformation network with conditional instance norm (Dumoulin et al. 2017; magenta's layout) trained "
+        f"on the {len(names)} styles of the top row at once ({steps} steps); below, the photo of the top row stylised with "
+        "style weights moving around the triangle style 0 -> 1 -> 2 -> 0, one edge per row (the weights are given above "
+        "each picture and are used as given, not renormalised)."
+        + (" With RANDOM loss-network weights the styles differ in tone only (see fast_style.png)." if random else ""),
+    )
+
+
+def run(out, *, params_path: Optional[str] = None, quick: bool = False, settings: Optional[Settings] = None,
+        log: Callable[[str], None] = lambda s: None) -> list[str]:
     """Write the demo's pictures and a README.md describing them to the folder `out`.
 
     Every input is checked first (`check_inputs`), so a bad params file or output folder is an
@@ -777,7 +943,8 @@ def run(out, *, params_path: Optional[str] = None, quick: bool = False, log: Cal
       out: output folder (created).
       params_path: a converted ImageNet params file for the second part; `None` uses random VGG16
         weights and says so.
-      quick: fewer images and optimisation steps.
+      quick: fewer images and optimisation steps (`QUICK` instead of `FULL`).
+      settings: a `Settings` (overrides `quick`), e.g. `SMOKE` for a fast check that every part runs.
       log: progress callback, one line per call, at least every `HEARTBEAT_S` seconds during long
         steps (it may be called from a helper thread).
 
@@ -789,13 +956,15 @@ def run(out, *, params_path: Optional[str] = None, quick: bool = False, log: Cal
     """
     out = os.fspath(out)
     inputs = check_inputs(out, params_path)
-    w = _Writer(out, log, quick)
+    cfg = settings if settings is not None else (QUICK if quick else FULL)
+    w = _Writer(out, log, cfg)
     w.start()
     try:
-        digits_params = _digits(w, quick, inputs["cache_problem"])
-        _imagenet(w, inputs["params"], inputs["arch"], params_path, quick)
-        _digits_synthesis(w, digits_params, quick)
-        _imagenet_synthesis(w, inputs["params"], inputs["arch"], params_path, quick)
+        digits_params = _digits(w, cfg, inputs["cache_problem"])
+        _imagenet(w, inputs["params"], inputs["arch"], params_path, cfg)
+        _digits_synthesis(w, digits_params, cfg)
+        _imagenet_synthesis(w, inputs["params"], inputs["arch"], params_path, cfg)
+        _fast_style(w, inputs["params"], inputs["arch"], params_path, cfg)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by an error: {type(e).__name__}: {e}"
         w.write_readme(reason.split("\n")[0])
@@ -807,4 +976,4 @@ def run(out, *, params_path: Optional[str] = None, quick: bool = False, log: Cal
     return [os.path.join(out, name) for name, _ in w.entries]
 
 
-__all__ = ["HEARTBEAT_S", "check_inputs", "run"]
+__all__ = ["FULL", "HEARTBEAT_S", "QUICK", "SMOKE", "Settings", "check_inputs", "run"]

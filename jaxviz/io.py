@@ -63,6 +63,15 @@ _TMP_NAME = re.compile(r"^\.tmp-jaxviz-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-
 _LEGACY_TMP_NAME = re.compile(r"^\.tmp-[a-z0-9_]{8}\.npz$")
 
 
+def default_cache_dir() -> str:
+    """The user cache folder of trained networks (digits network, generators): `$JAXVIZ_CACHE`, else
+    `$XDG_CACHE_HOME/jaxviz`, else `~/.cache/jaxviz`."""
+    if os.environ.get("JAXVIZ_CACHE"):
+        return os.environ["JAXVIZ_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxviz")
+
+
 @functools.lru_cache(maxsize=1)
 def _host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]

@@ -83,12 +83,9 @@ DIGITS_RECIPE = DigitsRecipe()
 RECIPE_VERSION = 3
 
 
-def default_cache_dir() -> str:
-    """The user cache folder: `$JAXVIZ_CACHE`, else `$XDG_CACHE_HOME/jaxviz`, else `~/.cache/jaxviz`."""
-    if os.environ.get("JAXVIZ_CACHE"):
-        return os.environ["JAXVIZ_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxviz")
+#: The user cache folder (`jaxviz.io.default_cache_dir`): `$JAXVIZ_CACHE`, else `$XDG_CACHE_HOME/jaxviz`, else
+#: `~/.cache/jaxviz`.
+default_cache_dir = io.default_cache_dir
 
 
 def recipe_hash(recipe: DigitsRecipe = DIGITS_RECIPE) -> str:

@@ -86,16 +86,21 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert "unknown architecture" in capsys.readouterr().err
 
 
-def test_demo_end_to_end(tmp_path, digits_training, monkeypatch, capsys):
-    """The README's main job, offline: pictures of every technique and a README describing them."""
+def test_demo_end_to_end(tmp_path, digits_training, digits_generator_training, monkeypatch, capsys):
+    """The README's main job, offline: pictures of every technique and a README describing them. Every part
+    and picture of `jaxviz demo --quick` runs, at the SMOKE settings (the smallest sizes and a few steps:
+    the quick demo itself takes minutes; run it by hand, as the README says, to look at the pictures)."""
     monkeypatch.setenv("JAXVIZ_CACHE", digits_training["cache_dir"])  # reuse the session's training
+    monkeypatch.setattr(demo, "QUICK", demo.SMOKE)
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
     assert "RANDOM weights" in printed
     files = sorted(os.listdir(out))
     for name in ["digits_attribution.png", "digits_patches.png", "digits_tsne_grid.png", "digits_neighbours_pixels.png",
-                 "vgg16_filters.png", "README.md"]:
+                 "vgg16_filters.png", "digits_class_visualizations.png", "digits_fooling.png", "digits_generator_prior.png",
+                 "digits_inversion.png", "vgg16_deepdream.png", "vgg16_inversion.png", "textures.png",
+                 "vgg16_style_transfer.png", "fast_style.png", "fast_style_blend.png", "README.md"]:
         assert name in files, files
     assert not [f for f in files if f.startswith(".tmp-")], files  # pictures and README written atomically
     readme = (out / "README.md").read_text()

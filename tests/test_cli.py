@@ -237,7 +237,7 @@ def test_long_steps_keep_talking(monkeypatch, tmp_path):
     # pass without a line, naming the current step (or picture being drawn).
     monkeypatch.setattr(demo, "HEARTBEAT_S", 0.5)
     lines = []
-    w = demo._Writer(str(tmp_path), lines.append, quick=True)
+    w = demo._Writer(str(tmp_path), lines.append, demo.QUICK)
     w.start()
     try:
         with w.stage("waiting") as st:

@@ -106,6 +106,16 @@ def test_textures_offline():
     assert data.sample_textures(40)["gravel"].shape == (40, 40, 3)
 
 
+def test_styles_offline_in_colour():
+    styles = data.sample_styles(48)
+    assert tuple(styles) == data.STYLE_NAMES
+    for name, img in styles.items():
+        assert img.shape == (48, 48, 3) and img.dtype == np.float32
+        assert 0.0 <= img.min() and img.max() <= 1.0
+        # Colour images: somewhere the channels differ clearly (unlike the grey textures).
+        assert np.abs(img[..., 0] - img[..., 2]).max() > 0.2, name
+
+
 def test_batches():
     x = np.arange(10 * 2).reshape(10, 2)
     y = np.arange(10)

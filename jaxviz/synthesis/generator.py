@@ -56,6 +56,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from jaxviz import data as jdata
+from jaxviz import io as jio
 from jaxviz import models
 from jaxviz.models import base
 from jaxviz.synthesis import engine, features, regularizers
@@ -441,12 +442,6 @@ def cache_key(model: base.Model, params, images, recipe: GeneratorRecipe) -> str
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def _default_cache_dir() -> str:
-    if os.environ.get("JAXVIZ_CACHE"):
-        return os.environ["JAXVIZ_CACHE"]
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "jaxviz")
-
-
 def assemble(model: base.Model, params, images, recipe: GeneratorRecipe, gparams, history=None) -> TrainedGenerator:
     """A `TrainedGenerator` from generator weights `gparams` (trained by `train_generator` with
     `recipe`, or freshly initialised for timing) and the code statistics of `images`."""
@@ -480,7 +475,7 @@ def generator_for(
     model.check_images(images)
     layer = recipe.layer or default_code_layer(model)
     code_shape(model, params, layer)  # clear error for an unknown layer before anything is trained
-    folder = os.path.join(cache_dir or _default_cache_dir(), f"generator-{cache_key(model, params, images, recipe)}")
+    folder = os.path.join(cache_dir or jio.default_cache_dir(), f"generator-{cache_key(model, params, images, recipe)}")
     os.makedirs(folder, exist_ok=True)
     gparams, history = train_generator(model, params, images, recipe, checkpoint_dir=folder, held_out=held_out, progress=progress)
     return assemble(model, params, images, recipe, gparams, history)

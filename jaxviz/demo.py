@@ -758,13 +758,16 @@ def _digits_synthesis(w: _Writer, params, cfg: Settings) -> None:
     w.note("feature inversion PSNR by layer: " + ", ".join(f"{l} {p:.1f} dB" for l, p in zip(layers, ps)))
     w.figure(
         plot.image_grid(
-            np.concatenate([d.test_images[idx[3 % len(idx)]][None], np.asarray(inv.images)]), ncols=len(layers) + 1,
+            np.concatenate([d.test_images[idx[3 % len(idx)]][None],
+                            np.repeat(np.asarray(inv.images).mean(-1, keepdims=True), 3, -1)]), ncols=len(layers) + 1,
             titles=["original"] + [f"{l}\n{p:.1f} dB" for l, p in zip(layers, ps)], cell=1.3,
             title=f"{net}: feature inversion (Mahendran & Vedaldi)",
         ),
         "digits_inversion.png",
         "One held-out digit reconstructed from each layer's features (alpha-norm and total-variation priors); "
-        "deeper layers keep less of the image (PSNR under each).",
+        "deeper layers keep less of the image (PSNR of the colour reconstruction under each). Shown in grey (the mean "
+        "of the three channels): the network was trained on grey digits (R = G = B), so colour directions its "
+        "features ignore are left to the priors, and the raw reconstructions come out tinted.",
     )
 
 
@@ -835,7 +838,9 @@ def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Op
                         titles=["content", "style", "result"], cell=2.4, title=f"{net}: neural style transfer"),
         f"{arch}_style_transfer.png",
         f"Gatys et al.'s style transfer with neural-style's layers and weights ({tag})."
-        + (" Random weights still carry texture statistics, so the style's texture shows; the content is kept only roughly." if random else ""),
+        + (" With RANDOM weights the result is close to a flat image in one tone: matching a random network's Gram "
+           "matrices does not carry the style over here, and the content is lost (the same holds for fast_style.png); "
+           "with converted weights (`--params vgg16.npz`) this shows the style." if random else ""),
     )
 
 

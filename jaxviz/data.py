@@ -177,6 +177,11 @@ def _finish(images: dict, size) -> dict[str, np.ndarray]:
     return {k: center_crop_resize(_to_rgb_float(v), size) for k, v in images.items()}
 
 
+def _skimage_images(names, size, caller: str) -> dict[str, np.ndarray]:
+    skdata = _require("skimage.data", "scikit-image", caller)
+    return _finish({name: getattr(skdata, name)() for name in names}, size)
+
+
 def sample_photos(size: Union[int, Sequence[int], None] = None) -> dict[str, np.ndarray]:
     """Real photos shipped inside installed packages (no download).
 
@@ -216,8 +221,7 @@ def sample_textures(size: Union[int, Sequence[int], None] = None) -> dict[str, n
     Raises:
       ImportError: scikit-image is not installed.
     """
-    skdata = _require("skimage.data", "scikit-image", "jaxviz.data.sample_textures")
-    return _finish({name: getattr(skdata, name)() for name in TEXTURE_NAMES}, size)
+    return _skimage_images(TEXTURE_NAMES, size, "jaxviz.data.sample_textures")
 
 
 def sample_styles(size: Union[int, Sequence[int], None] = None) -> dict[str, np.ndarray]:
@@ -233,8 +237,7 @@ def sample_styles(size: Union[int, Sequence[int], None] = None) -> dict[str, np.
     Raises:
       ImportError: scikit-image is not installed.
     """
-    skdata = _require("skimage.data", "scikit-image", "jaxviz.data.sample_styles")
-    return _finish({name: getattr(skdata, name)() for name in STYLE_NAMES}, size)
+    return _skimage_images(STYLE_NAMES, size, "jaxviz.data.sample_styles")
 
 
 def batches(images, batch_size: int, labels=None) -> Iterator:

@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 from jaxviz import attribution, data, embedding, faststyle, imaging, inspection, models, plot, pretrained, segmentation, train
-from jaxviz.io import atomic_write, load_params
+from jaxviz.io import atomic_write, ensure_writable_folder, load_params
 from jaxviz.plot import Scale
 from jaxviz.synthesis import adversarial, dream, features, generator, inversion, nn_texture, style, texture
 
@@ -273,10 +273,7 @@ def _make_output_folder(out: str) -> None:
     """Create `out` and check that files can be written in it (by writing one: permission bits say
     nothing for root, read-only mounts or full disks)."""
     try:
-        os.makedirs(out, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        ensure_writable_folder(out)
     except OSError as e:
         raise ValueError(f"cannot write pictures to the output folder {out!r}: {e.strerror or e}") from e
 

@@ -33,6 +33,7 @@ import secrets
 import signal
 import socket
 import stat
+import tempfile
 import threading
 import time
 import zipfile
@@ -70,6 +71,15 @@ def default_cache_dir() -> str:
         return os.environ["JAXVIZ_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "jaxviz")
+
+
+def ensure_writable_folder(folder) -> None:
+    """Create `folder` (and parents) and check that a file can be written in it, by writing and removing
+    one (permission bits say nothing for root, read-only mounts or full disks). Raises the `OSError`."""
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 @functools.lru_cache(maxsize=1)

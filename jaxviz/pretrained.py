@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from typing import Callable, Optional
 
@@ -143,10 +142,7 @@ def check_writable_folder(folder: str) -> None:
         naming the folder and how to choose another.
     """
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        io.ensure_writable_folder(folder)
     except OSError as e:
         raise type(e)(
             f"the jaxviz cache folder {folder!r} is not writable ({e.strerror or e}); the digits network "

@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxviz import models
+from jaxviz.models import layers
 
 
 def test_vgg16_layer_names():
@@ -114,3 +116,41 @@ def test_imagenet_classes_and_decode_predictions():
     assert digits[0][0][:2] == (4, "4")
     with pytest.raises(ValueError, match="num_classes"):
         models.decode_predictions(np.zeros(1000))
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 13, 11, 3), (9, 9), (1, 1), (0, 0)),  # the channel-padding rewrite (3 -> 4) and the VALID one
+        ((1, 12, 17, 1), (7, 7), (1, 1), (3, 3)),  # channel padding with zero padding kept
+        ((2, 15, 10, 5), (3, 3), (2, 2), (0, 0)),  # VALID, strided, odd sizes
+        ((1, 9, 9, 2), (3, 5), (1, 2), (0, 0)),    # VALID, non-square kernel and stride
+        ((2, 8, 8, 3), (3, 3), (1, 1), (1, 1)),    # neither rewrite (VGG's first layer)
+    ],
+)
+def test_conv2d_fast_path_rewrites_equal_a_plain_convolution(shape, kernel, stride, padding):
+    """`layers.conv2d` rewrites VALID convolutions and few-channel large kernels for XLA's CPU fast path;
+    values and both gradients must equal a plain `lax.conv_general_dilated` (float64)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=shape))
+        w = jnp.asarray(rng.normal(size=kernel + (shape[-1], 6)))
+        b = jnp.asarray(rng.normal(size=(6,)))
+
+        def plain(x, w):
+            y = lax.conv_general_dilated(x, w, stride, [(padding[0],) * 2, (padding[1],) * 2],
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return y + b.reshape(1, 1, 1, -1)
+
+        def ours(x, w):
+            return layers.conv2d(x, w, b, stride=stride, padding=padding)
+
+        want, got = plain(x, w), ours(x, w)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        cot = jnp.asarray(rng.normal(size=want.shape))
+        gw = jax.vjp(plain, x, w)[1](cot)
+        gg = jax.vjp(ours, x, w)[1](cot)
+        for a, e in zip(gg, gw):
+            assert a.shape == e.shape
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)

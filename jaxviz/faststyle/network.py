@@ -60,6 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..models import layers
+
 VARIANTS = ("pytorch", "johnson")
 #: Johnson's (Caffe VGG) mean pixel, 0-255, in RGB order.
 JOHNSON_MEAN = (123.68, 116.779, 103.939)
@@ -98,11 +100,8 @@ class ReflectConv(nn.Module):
         bias = self.param("bias", _torch_uniform(fan_in), (self.features,))
         p = k // 2
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-        y = lax.conv_general_dilated(
-            x, jnp.asarray(kernel, x.dtype), (self.stride, self.stride), "VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return y + _channels(bias, y)
+        # The library's convolution: its CPU fast-path rewrites (models.layers.conv2d) apply here.
+        return layers.conv2d(x, kernel, bias, stride=(self.stride, self.stride))
 
 
 class TransposedConv(nn.Module):

@@ -8,6 +8,7 @@ import pytest
 
 from jaxviz import data, models
 from jaxviz.synthesis import adversarial as A
+from torch_ref import release_memory, shared_float64_model
 
 N_FOOL = 10  # held-out digits, each driven to the 9 other classes
 MIN_SUCCESS = 0.95  # fooling: least share of the 90 (image, target) pairs that reach top-1
@@ -21,24 +22,22 @@ def digits():
 
 
 # --------------------------------------------------------------------------- captum parity (float64)
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vgg11_torch():
     torch = pytest.importorskip("torch")
     pytest.importorskip("captum")
-    from torch_ref import jax_params, random_torch_model
-
-    module = random_torch_model("vgg11").double()
-    for m in module.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = False
+    # torchvision's module in float64 whose weights are views of the jaxviz float64 params (one copy).
+    module, params = shared_float64_model("vgg11")
     model = models.get("vgg11")
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), jax_params(module, "vgg11"))
     mean = torch.tensor(model.mean, dtype=torch.float64).reshape(1, 3, 1, 1)
     std = torch.tensor(model.std, dtype=torch.float64).reshape(1, 3, 1, 1)
     forward = lambda x: module((x - mean) / std)  # noqa: E731  (the model sees [0, 1] images, as jaxviz's)
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3))
-    return torch, forward, model, params, x
+    held = [torch, forward, model, params, x]
+    yield held
+    held.clear()  # 1 GB of float64 weights: gone before the digits tests of this module run
+    del module, params, forward
+    release_memory()
 
 
 def _nchw(torch, x):

@@ -13,6 +13,7 @@ from jaxviz import attribution as A
 from jaxviz import objectives as O
 from jaxviz.models.sequential import apply_layers
 from jaxviz.models.vgg import VGGConfig, make_vgg
+from torch_ref import release_memory, shared_float64_model
 
 TINY = VGGConfig(convs=(8, "M", 16, "M", 16), hidden=(32,), num_classes=10, pooled_size=(2, 2))
 
@@ -253,19 +254,13 @@ def test_bad_input(tiny, call, error, match):
 
 # --------------------------------------------------------------------------- torch parity (float64)
 def _torch_setup(arch, size):
+    """`(torch, module, model, params, images)`."""
     torch = pytest.importorskip("torch")
     from jaxviz import models
-    from torch_ref import jax_params, torch_model
 
-    module = torch_model(arch)
-    params32 = jax_params(module, arch)
-    module = module.double().requires_grad_(False)  # only input gradients are needed
-    for m in module.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = False  # backward hooks and retained activations need out-of-place ReLUs
+    # torchvision's module in float64 whose weights are views of the jaxviz float64 params (one copy).
+    module, params = shared_float64_model(arch)
     model = models.get(arch)
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params32)
     images = np.random.default_rng(0).uniform(size=(2, size, size, 3))
     return torch, module, model, params, images
 
@@ -320,7 +315,10 @@ class TestTorchVGG11:
     @pytest.fixture(scope="class")
     @classmethod
     def setup(cls):
-        return _torch_setup("vgg11", 32)
+        held = list(_torch_setup("vgg11", 32))
+        yield held
+        held.clear()  # drop the 1 GB of float64 weights before the next class builds its own
+        release_memory()
 
     def test_saliency_and_guided_backprop(self, setup):
         torch, module, model, params, x = setup
@@ -464,7 +462,10 @@ class TestTorchAlexNet:
     @pytest.fixture(scope="class")
     @classmethod
     def setup(cls):
-        return _torch_setup("alexnet", 64)
+        held = list(_torch_setup("alexnet", 64))
+        yield held
+        held.clear()  # drop the 1 GB of float64 weights before the next class builds its own
+        release_memory()
 
     def test_deconvnet_guided_and_gradcam(self, setup):
         torch, module, model, params, x = setup

@@ -76,6 +76,97 @@ def random_torch_model(arch: str, seed: int = 0):
     return model.requires_grad_(False)
 
 
+def _filled_in_place(shape, draw, rows_per_chunk: int = 1024):
+    """A float64 jax array of `shape` filled chunk by chunk of rows (`draw((rows, cols)) -> numpy`) with
+    its buffer donated at each update, so that a 0.8 GB layer never exists twice."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    put = jax.jit(lambda buf, chunk, start: lax.dynamic_update_slice(buf, chunk, (start, 0)), donate_argnums=0)
+    n = shape[0]
+    r = min(rows_per_chunk, n)  # every update has r rows: one compiled shape
+    buf = jnp.zeros(shape, jnp.float64)
+    for start in range(0, n, r):
+        end = min(start + r, n)
+        chunk = draw((end - start, shape[1]))
+        if end - r < start:  # the last, short chunk: rewrite the rows before it to keep r rows
+            chunk = np.concatenate([np.asarray(buf[end - r : start]), chunk])
+        buf = put(buf, jnp.asarray(chunk), end - r)
+    return buf
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc), e.g. after a large fixture."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def shared_float64_model(arch: str, seed: int = 0):
+    """`(torch_module, params)`: torchvision's real `<arch>` definition in float64 eval mode and jaxviz
+    float64 params that hold THE SAME MEMORY (the torch weights are zero-copy DLPack views of the jax
+    arrays), for float64 parity tests of techniques (not of conversion: `tests/test_parity.py` and
+    `tests/test_conversion.py` test that). One float64 copy of VGG11's 133M weights is 1.06 GB; a
+    converted second copy doubled the test's resident memory.
+
+    Weights as in `random_torch_model`: conv and linear weights N(0, 2 / fan_in), biases N(0, 0.1),
+    drawn with numpy from `seed`. Architectures without batch norm only (VGG, AlexNet). Parameters do
+    not require gradients; ReLUs are out of place (hooks and retained activations need that)."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import torchvision
+    from torch.utils.dlpack import from_dlpack
+
+    from jaxviz import models
+
+    model = models.get(arch)
+    with torch.device("meta"):
+        module = getattr(torchvision.models, arch)(weights=None)
+    module = module.eval()
+    rng = np.random.default_rng(seed)
+    params = {}
+
+    def view(a):
+        return torch.nn.Parameter(from_dlpack(a), requires_grad=False)
+
+    with jax.enable_x64(True):
+        for name, m in named_torch_modules(module, model):
+            if isinstance(m, torch.nn.ReLU):
+                m.inplace = False
+            if isinstance(m, torch.nn.BatchNorm2d):
+                raise ValueError(f"{arch}: batch norm is not supported here; use random_torch_model")
+            if not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                continue
+            shape = tuple(m.weight.shape)  # (out, in, kh, kw) or (out, in)
+            fan_in = math.prod(shape[1:])
+            std = math.sqrt(2.0 / fan_in)
+            if len(shape) == 4:
+                w = rng.standard_normal(shape) * std
+                kernel = jnp.asarray(np.ascontiguousarray(w.transpose(2, 3, 1, 0)))  # OIHW -> HWIO
+                del w
+                m.weight = torch.nn.Parameter(from_dlpack(kernel).permute(3, 2, 0, 1), requires_grad=False)
+            else:
+                kernel = _filled_in_place((shape[1], shape[0]), lambda rows: rng.standard_normal(rows) * std)
+                m.weight = torch.nn.Parameter(from_dlpack(kernel).T, requires_grad=False)
+            bias = jnp.asarray(rng.normal(0.0, 0.1, size=shape[0]))
+            m.bias = view(bias)
+            params[name] = {"kernel": kernel, "bias": bias}
+    # jaxviz flattens the pooled map as (H, W, C), torch as (C, H, W): rather than a permuted copy of
+    # the first fc weight, the pooled map is handed to torch's flatten channels-last.
+    module.avgpool.register_forward_hook(lambda m, inputs, output: output.permute(0, 2, 3, 1))
+    assert all(p.device.type == "cpu" for p in module.parameters())
+    return module, params
+
+
 # torch module type -> jaxviz LayerSpec.kind; Dropout (the identity at inference) has no jaxviz layer.
 _TORCH_KINDS = {
     "Conv2d": "conv",

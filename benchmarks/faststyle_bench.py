@@ -2,9 +2,9 @@
 
 Inference: images per second of the pytorch/examples-layout transformation network (1,679,235
 parameters) at 256 px (batch 4) and 1024 px (batch 1); the same converted weights on both sides (the
-torch network is written here from the layout description; its state dict goes through
-`weights_conversion.fast_style`). Training: optimiser steps per second at 256 px, batch 4, with
-pytorch/examples' perceptual loss (VGG16 relu2_2 content 1e5, relu1_2..relu4_3 Gram/(CHW) style 1e10,
+torch network is `tests/torch_transformer.py`, written from the layout description, as in the
+conversion tests; its state dict goes through `weights_conversion.fast_style`).
+Training: optimiser steps per second at 256 px, batch 4, with pytorch/examples' perceptual loss (VGG16 relu2_2 content 1e5, relu1_2..relu4_3 Gram/(CHW) style 1e10,
 Adam 1e-3) on both sides, the loss network with random weights (torchvision's initialisation,
 converted). JAX: `faststyle.stylize` and `faststyle.train_step` (jitted; compilation is warm-up);
 torch: eager, `torch.inference_mode` for inference. Each number is the median of `--repeats` calls
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from jaxviz import faststyle, models  # noqa: E402
 from jaxviz.faststyle.train import DEFAULT_OPTIMIZER, train_step  # noqa: E402
@@ -36,56 +37,17 @@ from weights_conversion.fast_style import convert_state_dict  # noqa: E402
 
 
 def torch_networks(device):
+    """The torch TransformerNet (`tests/torch_transformer.py`, the conversion tests' network)
+    and torchvision's VGG16 (the perceptual loss), both with torch's default initialisation (seed 0)."""
     import torch
-    from torch import nn
-
-    class PadConv(nn.Module):
-        def __init__(self, cin, cout, k, stride=1, upsample=False):
-            super().__init__()
-            self.upsample, self.pad, self.conv2d = upsample, nn.ReflectionPad2d(k // 2), nn.Conv2d(cin, cout, k, stride)
-
-        def forward(self, x):
-            if self.upsample:
-                x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-            return self.conv2d(self.pad(x))
-
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.conv1, self.in1 = PadConv(c, c, 3), nn.InstanceNorm2d(c, affine=True)
-            self.conv2, self.in2 = PadConv(c, c, 3), nn.InstanceNorm2d(c, affine=True)
-
-        def forward(self, x):
-            return x + self.in2(self.conv2(torch.relu(self.in1(self.conv1(x)))))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            norm = lambda c: nn.InstanceNorm2d(c, affine=True)  # noqa: E731
-            self.conv1, self.in1 = PadConv(3, 32, 9), norm(32)
-            self.conv2, self.in2 = PadConv(32, 64, 3, 2), norm(64)
-            self.conv3, self.in3 = PadConv(64, 128, 3, 2), norm(128)
-            for i in range(1, 6):
-                setattr(self, f"res{i}", Block(128))
-            self.deconv1, self.in4 = PadConv(128, 64, 3, upsample=True), norm(64)
-            self.deconv2, self.in5 = PadConv(64, 32, 3, upsample=True), norm(32)
-            self.deconv3 = PadConv(32, 3, 9)
-
-        def forward(self, x):
-            y = torch.relu(self.in1(self.conv1(x)))
-            y = torch.relu(self.in2(self.conv2(y)))
-            y = torch.relu(self.in3(self.conv3(y)))
-            for i in range(1, 6):
-                y = getattr(self, f"res{i}")(y)
-            y = torch.relu(self.in4(self.deconv1(y)))
-            y = torch.relu(self.in5(self.deconv2(y)))
-            return self.deconv3(y)
-
-    torch.manual_seed(0)
     import torchvision
 
+    from torch_transformer import TorchTransformer
+
+    torch.manual_seed(0)
+    net = TorchTransformer()
     vgg = torchvision.models.vgg16(weights=None)
-    return Net().to(device), vgg
+    return net.to(device), vgg
 
 
 def median_time(fn, sync, repeats):

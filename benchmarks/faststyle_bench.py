@@ -4,8 +4,8 @@ Inference: images per second of the pytorch/examples-layout transformation netwo
 parameters) at 256 px (batch 4) and 1024 px (batch 1); the same converted weights on both sides (the
 torch network is `tests/torch_transformer.py`, written from the layout description, as in the
 conversion tests; its state dict goes through `weights_conversion.fast_style`).
-Training: optimiser steps per second at 256 px, batch 4, with pytorch/examples' perceptual loss (VGG16 relu2_2 content 1e5, relu1_2..relu4_3 Gram/(CHW) style 1e10,
-Adam 1e-3) on both sides, the loss network with random weights (torchvision's initialisation,
+Training: optimiser steps per second at 256 px, batch 4, with pytorch/examples' perceptual loss (VGG16
+relu2_2 content 1e5, relu1_2..relu4_3 Gram/(CHW) style 1e10, Adam 1e-3) on both sides, the loss network with random weights (torchvision's initialisation,
 converted). JAX: `faststyle.stylize` and `faststyle.train_step` (jitted; compilation is warm-up);
 torch: eager, `torch.inference_mode` for inference. Each number is the median of `--repeats` calls
 after one warm-up call.

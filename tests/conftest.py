@@ -1,10 +1,8 @@
 """Strict JAX settings for every test, and session fixtures shared by the test files."""
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
-import gc
 import json
 import os
 import time
@@ -17,6 +15,7 @@ import pytest  # noqa: E402
 
 from jaxviz import pretrained  # noqa: E402
 from jaxviz.synthesis import generator  # noqa: E402
+from torch_ref import release_memory  # noqa: E402
 
 # No silent broadcasting: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -149,8 +148,4 @@ def _release_memory_between_modules(request):
             f.write(f"{_peak_rss_kb() / 1e6:6.2f} GB {time.perf_counter() - t0:7.1f} s {request.module.__name__} "
                     f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\n")
     jax.clear_caches()
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_memory()

@@ -20,7 +20,6 @@ Environment: JAXVIZ_PARITY_QUICK=1 checks gradients of vgg11, vgg16_bn and alexn
 all nine); JAXVIZ_PARITY_LOG=path appends the measured differences as JSON lines.
 """
 
-import ctypes
 import functools
 import gc
 import json
@@ -99,13 +98,9 @@ def _torch_input_grad64(module, model, x):
 def _release_memory():
     """Collect cycles, drop this file's compiled programs and give freed heap pages back to the OS
     (glibc keeps them otherwise, and the next architecture would stack on top)."""
-    gc.collect()
     _forward.clear_cache()
     _input_grad.clear_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    torch_ref.release_memory()
 
 
 class Reference:

@@ -1,4 +1,5 @@
-"""Reference torchvision models with random weights, for parity tests (needs torch + torchvision)."""
+"""Reference torchvision models with random weights, for parity tests (needs torch + torchvision), and
+`release_memory` for the tests that build large ones."""
 
 from __future__ import annotations
 

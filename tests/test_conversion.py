@@ -119,6 +119,21 @@ def test_unknown_architecture():
         weights_conversion.convert_checkpoint("resnet50", "whatever.pth")
 
 
+def test_architecture_that_is_not_a_name_is_named_by_its_type():
+    """Arguments in the wrong order (a state dict as the architecture) or a non-string name: a one-line
+    error naming the type, never the repr of a state dict (hundreds of lines of numbers)."""
+    sd = meta_state_dict("alexnet")
+    for call in (lambda: weights_conversion.convert_state_dict(sd, sd),
+                 lambda: weights_conversion.check_state_dict(sd, sd),
+                 lambda: weights_conversion.convert_checkpoint(sd, "whatever.pth"),
+                 lambda: weights_conversion.checkpoint_url(sd)):
+        with pytest.raises(ConversionError, match=r"must be a name such as 'vgg16'; got \w*[dD]ict \(a state dict\?") as info:
+            call()
+        assert len(str(info.value)) < 200 and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(ConversionError, match="got int$"):
+        weights_conversion.convert_state_dict(sd, 16)
+
+
 def test_batch_norm_counter_is_optional():
     sd = {k: v for k, v in meta_state_dict("vgg11_bn").items() if not k.endswith("num_batches_tracked")}
     weights_conversion.check_state_dict(sd, "vgg11_bn")  # older checkpoints lack it

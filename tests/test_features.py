@@ -11,6 +11,7 @@ import pytest
 from jaxviz import data, models
 from jaxviz import objectives as O
 from jaxviz.synthesis import engine, features as F
+from jaxviz.synthesis import param as P
 from jaxviz.synthesis import regularizers as R
 from jaxviz.synthesis import transforms as T
 
@@ -80,7 +81,7 @@ def test_yosinski_update_order_and_units():
     x *= 1 - decay; blur at iteration 0; clip to the pixel box; and row (a)'s progress policy moves the
     objective's first-order gain by desired_prog."""
     shape = (6, 7, 3)
-    p = F.AffinePixels.caffe(models.get("digits"), shape)
+    p = P.AffinePixels.caffe(models.get("digits"), shape)
     lo, hi = p.bounds()
     np.testing.assert_allclose(lo, -255 * 0.3) and np.testing.assert_allclose(hi, 255 * 0.7)
     row = F.YOSINSKI_ROWS["c"]

@@ -5,7 +5,6 @@ numpy crops with explicit padding, and the input-gradient support of a unit for 
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

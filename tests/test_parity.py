@@ -12,7 +12,8 @@ Memory (the suite must fit a laptop and CI: under 5 GB peak for this file, measu
 next architecture is built). Torch's side is computed first and kept as numpy arrays (activations
 at every size, the float64 gradient), then the torch module is freed before the converter and JAX
 run, so torch's and JAX's copies of a VGG19 (0.55 GB each, 1.1 GB in float64) are never alive
-together. Compiled functions are module-level (no closures over the parameters, no reference
+together; jaxviz's float64 gradient is computed right after the params are loaded, before the tests
+compile anything else. Compiled functions are module-level (no closures over the parameters, no reference
 cycles keeping an architecture alive), and each teardown collects garbage and returns freed memory
 to the OS.
 
@@ -87,7 +88,15 @@ _input_grad = jax.jit(jax.grad(_logit, argnums=2), static_argnums=0)
 
 def _torch_input_grad64(module, model, x):
     """d logit / d image of `module` in float64 (converted in place: the caller drops the module)."""
-    module.double()
+    # Tensor by tensor, each float32 original freed before the next is converted (`module.double()`
+    # kept all of them until the end: float32 and float64 copies of a VGG together).
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                p.data = p.data.double()
+            for name, b in m.named_buffers(recurse=False):
+                if b.is_floating_point():
+                    m._buffers[name] = b.double()
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
     mean = torch.tensor(model.mean, dtype=torch.float64).reshape(1, 3, 1, 1)
     std = torch.tensor(model.std, dtype=torch.float64).reshape(1, 3, 1, 1)
@@ -109,6 +118,7 @@ class Reference:
     Attributes:
       torch_acts: `{size: ({layer: activation}, logits)}` from torchvision (float32, NHWC).
       torch_grad64: torchvision's float64 input gradient of logit GRAD_CLASS (or None: skipped).
+      jax_grad64: jaxviz's float64 input gradient of logit GRAD_CLASS from the converted params (or None).
       loaded_arch: the architecture name read back from the params file.
       leaves: `{path: (type, dtype, shape)}` of the params exactly as `load_params` returned them.
       params: those params on the JAX device.
@@ -145,6 +155,15 @@ class Reference:
         }
         self.params = jax.device_put(numpy_params)  # zero-copy on CPU where the arrays are aligned
         del numpy_params
+        # jaxviz's float64 input gradient now, before the tests compile anything else (float32 params
+        # promoted inside the program: a float64 copy of the weights exists only while it runs).
+        self.jax_grad64 = None
+        if arch in GRAD_ARCHS:
+            with jax.enable_x64(True):
+                x = jnp.asarray(_images(GRAD_SIZE, seed=10, batch=1, dtype=np.float64))
+                self.jax_grad64 = np.asarray(_input_grad(arch, self.params, x))
+            _input_grad.clear_cache()
+            torch_ref.release_memory()
 
 
 def _scratch_folder(tmp_path_factory, name):
@@ -219,11 +238,7 @@ def test_input_gradient_float64(converted):
     good to ~1e-2 of their float64 value, so they cannot show a small error)."""
     if converted.arch not in GRAD_ARCHS:
         pytest.skip(f"float64 gradient of {converted.arch} skipped (JAXVIZ_PARITY_QUICK is set)")
-    ref = converted.torch_grad64
-    x = _images(GRAD_SIZE, seed=10, batch=1, dtype=np.float64)
-    with jax.enable_x64(True):
-        # params (float32, as converted) as an argument: promoted to float64 inside the program.
-        ours = np.asarray(_input_grad(converted.arch, converted.params, jnp.asarray(x)))
+    ref, ours = converted.torch_grad64, converted.jax_grad64  # both computed with the fixture
     assert ours.dtype == np.float64 and ref.dtype == np.float64
     scale = float(np.abs(ref).max())
     assert scale > 0

@@ -154,6 +154,10 @@ def t_tv(x, form):
         dx = p[..., :-1, 1:] - p[..., :-1, :-1]
         dy = p[..., 1:, :-1] - p[..., :-1, :-1]
         return (dx**2 + dy**2).mean(dim=(1, 2, 3))
+    if form == "beta":  # Mahendran & Vedaldi, beta = 2 (test_synthesis_transforms.py checks other exponents)
+        dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
+        dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+        return (dy**2 + dx**2).sum(dim=1).mean(dim=(1, 2))
     p = torch.nn.functional.pad(x, (1, 1, 1, 1), "replicate")
     s1, s2, s3, s4 = slice(1, -1), slice(2, None), slice(None, -1), slice(1, None)
     mean = lambda d: (d**2).mean(dim=(1, 2, 3))  # noqa: E731

@@ -24,8 +24,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from jaxviz import models
-from weights_conversion.convert import ConversionError, check_keys, tensor_kind_problem
+from weights_conversion.convert import ConversionError, check_arch, check_keys, tensor_kind_problem
 
 #: The official torchvision ImageNet-1k checkpoints (`<arch>_Weights.IMAGENET1K_V1`). Used to find
 #: a cached copy or fail offline without the slow torchvision import, and when torchvision is not
@@ -76,11 +75,7 @@ def _torch():
 def checkpoint_url(arch: str) -> str:
     """URL of torchvision's official ImageNet checkpoint for `arch` (from torchvision's weights enum
     when torchvision is installed, else from `OFFICIAL_URLS`)."""
-    if arch not in OFFICIAL_URLS:
-        raise ConversionError(
-            f"unknown architecture {arch!r}; torchvision checkpoints can be converted for: "
-            f"{', '.join(models.IMAGENET_ARCHITECTURES)}"
-        )
+    check_arch(arch)
     try:
         import torchvision
 
@@ -401,8 +396,7 @@ def official_checkpoint(
       ConversionError: offline (the message names the URL and the `--checkpoint` alternative), a
         failed download, a hash mismatch, or an unreadable file.
     """
-    if arch not in OFFICIAL_URLS:
-        checkpoint_url(arch)  # raises, naming the known architectures
+    check_arch(arch)
     # The table first: finding the cached file, or failing offline, needs neither torch nor the
     # seconds-long torchvision import.
     cached = hub_cache_path(url or OFFICIAL_URLS[arch], hub_dir)

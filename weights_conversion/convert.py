@@ -174,6 +174,20 @@ def _check_dtypes(state_dict: Mapping, arch: str) -> None:
         )
 
 
+def check_arch(arch) -> None:
+    """Raise a `ConversionError` unless `arch` names an architecture torchvision checkpoints convert
+    to (`jaxviz.models.IMAGENET_ARCHITECTURES`). A non-string is named by its type only (a state
+    dict passed in its place must not be printed whole)."""
+    if not isinstance(arch, str):
+        hint = " (a state dict? `convert_state_dict` takes (state_dict, arch))" if isinstance(arch, Mapping) else ""
+        raise ConversionError(f"the architecture must be a name such as 'vgg16'; got {type(arch).__name__}{hint}")
+    if arch not in models.IMAGENET_ARCHITECTURES:
+        raise ConversionError(
+            f"unknown architecture {arch!r}; torchvision checkpoints can be converted for: "
+            f"{', '.join(models.IMAGENET_ARCHITECTURES)}"
+        )
+
+
 def check_state_dict(state_dict: Mapping, arch: str) -> None:
     """Raise a `ConversionError` unless `state_dict` has exactly the entries, shapes and kinds of `arch`.
 
@@ -182,11 +196,7 @@ def check_state_dict(state_dict: Mapping, arch: str) -> None:
     one; and entries that are not floating-point weights (integer, boolean, complex, quantized or
     sparse tensors), which would otherwise be converted to float32 silently.
     """
-    if arch not in models.IMAGENET_ARCHITECTURES:
-        raise ConversionError(
-            f"unknown architecture {arch!r}; torchvision checkpoints can be converted for: "
-            f"{', '.join(models.IMAGENET_ARCHITECTURES)}"
-        )
+    check_arch(arch)
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise ConversionError(f"expected a non-empty state dict {{name: tensor}}; got {type(state_dict).__name__}")
     check_keys(state_dict)

@@ -13,7 +13,7 @@ from weights_conversion.checkpoint import (
     official_checkpoint,
     require_torch,
 )
-from weights_conversion.convert import ConversionError, convert_state_dict
+from weights_conversion.convert import ConversionError, check_arch, convert_state_dict
 
 
 def default_output(arch: str) -> str:
@@ -61,11 +61,7 @@ def convert_checkpoint(
         or one that is not a plain state dict; a checkpoint that does not match `arch`; weights that
         are not floating point or not finite (the message says which). No output file is written then.
     """
-    if arch not in models.IMAGENET_ARCHITECTURES:
-        raise ConversionError(
-            f"unknown architecture {arch!r}; torchvision checkpoints can be converted for: "
-            f"{', '.join(models.IMAGENET_ARCHITECTURES)}"
-        )
+    check_arch(arch)
     output = os.fspath(output) if output is not None else default_output(arch)
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)

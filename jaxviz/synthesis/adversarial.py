@@ -159,7 +159,7 @@ def fooling_images(
     targets = _check_targets(model, targets, e, "targets")
     steps = features._check_steps(steps)
     learning_rate = _positive(learning_rate, "learning_rate")
-    p = features.AffinePixels.normalized(model, images.shape[1:])
+    p = P.AffinePixels.normalized(model, images.shape[1:])
     raw0 = p.from_images(images)
     opt = features._normalized_sgd(learning_rate, *p.bounds())
     res = engine.optimize(_score_loss, params, raw0, opt, steps=steps, key=jax.random.key(0), param=p,
@@ -215,7 +215,7 @@ def project_ball(norm: str, radius: float) -> optax.GradientTransformationExtraA
         n = jnp.sqrt(jnp.sum(jnp.square(d)))
         return state.center + d * jnp.where(n > radius, radius / (n + 1e-7), 1.0).astype(d.dtype)
 
-    return features.iterate_op(op, lambda params: BallState(params))
+    return R.iterate_op(op, lambda params: BallState(params))
 
 
 @functools.lru_cache(maxsize=None)

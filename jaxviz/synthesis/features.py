@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -56,102 +56,6 @@ LUCID_DIVERSITY = 1e2
 def adam(learning_rate: float) -> optax.GradientTransformation:
     """`optax.adam(learning_rate)`, one object per rate (the engine compiles once per optimiser object)."""
     return optax.adam(float(learning_rate))
-
-
-@dataclasses.dataclass(frozen=True)
-class AffinePixels:
-    """Pixels in another unit: `image = raw * scale + offset` per channel, no squash.
-
-    `AffinePixels.normalized(model, shape)`: raw is the model's normalised input `(x - mean) / std`
-    (CS231n's units); `AffinePixels.caffe(model, shape)`: raw is the image in 0-255 minus the mean
-    pixel (Yosinski's Caffe units, RGB order). Keep the iterate inside the valid box with
-    `clip_box(*p.bounds())` chained after the optimiser: the image is not clipped here (a clip would
-    halve the gradient of pixels sitting exactly at 0 or 1, e.g. the digits' black background).
-
-    Attributes:
-      shape: `(H, W, C)`; scale, offset: `C` numbers each; sd: standard deviation of `init`'s noise
-        in raw units around raw 0 (the image `offset`).
-    """
-
-    shape: tuple
-    scale: tuple
-    offset: tuple
-    sd: float = 0.0
-
-    def __post_init__(self):
-        shape = tuple(int(s) for s in self.shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"image shape must be (H, W, C) with positive sizes; got {self.shape}")
-        object.__setattr__(self, "shape", shape)
-        for what in ("scale", "offset"):
-            v = tuple(float(x) for x in np.broadcast_to(np.asarray(getattr(self, what), np.float64), (shape[2],)))
-            object.__setattr__(self, what, v)
-        if any(not s > 0 for s in self.scale):
-            raise ValueError(f"scale must be positive; got {self.scale}")
-
-    @classmethod
-    def normalized(cls, model: base.Model, shape, sd: float = 0.0) -> "AffinePixels":
-        return cls(shape, model.std, model.mean, sd)
-
-    @classmethod
-    def caffe(cls, model: base.Model, shape, sd: float = 0.0) -> "AffinePixels":
-        return cls(shape, (1.0 / 255.0,) * len(model.mean), model.mean, sd)
-
-    @property
-    def raw_shape(self) -> tuple:
-        return self.shape
-
-    def _vec(self, v, dtype):
-        return jnp.asarray(v, dtype).reshape(1, 1, 1, -1)
-
-    def init(self, key: Array, batch: int = 1) -> Array:
-        return self.sd * jax.random.normal(key, (int(batch), *self.shape), jnp.float32)
-
-    def to_images(self, raw: Array, consts: Any = None) -> Array:
-        del consts
-        return raw * self._vec(self.scale, raw.dtype) + self._vec(self.offset, raw.dtype)
-
-    def from_images(self, images: Array) -> Array:
-        images = jnp.asarray(images)
-        return (images - self._vec(self.offset, images.dtype)) / self._vec(self.scale, images.dtype)
-
-    def bounds(self) -> tuple[tuple, tuple]:
-        """Per-channel raw values of images 0 and 1: `(lower [C], upper [C])`."""
-        lo = tuple((0.0 - o) / s for o, s in zip(self.offset, self.scale))
-        hi = tuple((1.0 - o) / s for o, s in zip(self.offset, self.scale))
-        return lo, hi
-
-
-def iterate_op(op: Callable[[Array, Any], Array], init_state: Callable = None) -> optax.GradientTransformationExtraArgs:
-    """A between-step operation on the iterate (the shape of `jaxviz.synthesis.regularizers`): the new
-    parameters are `op(params + updates, state)`; `init_state(params)` builds a state (default
-    empty)."""
-
-    def init(params):
-        return optax.EmptyState() if init_state is None else init_state(params)
-
-    def update(updates, state, params=None, **extra):
-        del extra
-        if params is None:
-            raise ValueError("between-step operations need params: call update(updates, state, params)")
-        proposed = optax.apply_updates(params, updates)
-        new = jax.tree_util.tree_map(lambda x: op(x, state), proposed)
-        return jax.tree_util.tree_map(lambda n, p: (n - p).astype(p.dtype), new, params), state
-
-    return optax.GradientTransformationExtraArgs(init, update)
-
-
-@functools.lru_cache(maxsize=None)
-def clip_box(lower: tuple, upper: tuple) -> optax.GradientTransformationExtraArgs:
-    """`x <- clip(x, lower, upper)` per channel (`lower`, `upper`: `C` numbers, last axis)."""
-    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
-    if lo.shape != hi.shape or lo.ndim != 1 or not np.all(lo < hi):
-        raise ValueError(f"clip_box needs per-channel lower < upper; got {lower}, {upper}")
-    def op(x, state):
-        shape = (1,) * (x.ndim - 1) + (lo.shape[0],)
-        return jnp.clip(x, jnp.asarray(lo, x.dtype).reshape(shape), jnp.asarray(hi, x.dtype).reshape(shape))
-
-    return iterate_op(op)
 
 
 def _finite_nonneg(value, what: str) -> float:
@@ -478,7 +382,7 @@ def normalize_by_l2() -> optax.GradientTransformationExtraArgs:
 
 @functools.lru_cache(maxsize=None)
 def _normalized_sgd(learning_rate: float, lower: tuple, upper: tuple):
-    return optax.chain(normalize_by_l2(), optax.sgd(float(learning_rate)), clip_box(lower, upper))
+    return optax.chain(normalize_by_l2(), optax.sgd(float(learning_rate)), R.clip_to_range(lower, upper))
 
 
 def simonyan(
@@ -513,7 +417,7 @@ def simonyan(
     l2 = _finite_nonneg(l2, "l2")
     sd = _finite_nonneg(sd, "sd")
     h, w = _check_size(model, size)
-    p = AffinePixels.normalized(model, (h, w, model.in_channels), sd)
+    p = P.AffinePixels.normalized(model, (h, w, model.in_channels), sd)
     tf = _transforms(transforms)
     _check_objective(model, params, obj, e, p.shape, tf, None)
     keys = experiment_keys(key, e)
@@ -587,7 +491,7 @@ def yosinski_optimizer(row: YosinskiRow, lower: tuple, upper: tuple) -> optax.Gr
         px_abs_benefit_percentile=row.px_abs_benefit_percentile,
         clip=None,
     )
-    return optax.chain(step, regs, clip_box(lower, upper))
+    return optax.chain(step, regs, R.clip_to_range(lower, upper))
 
 
 class YosinskiResult(NamedTuple):
@@ -635,7 +539,7 @@ def yosinski(
     absolute contributions, 1000 it, progress lr (max 1e8, desired 2).
 
     Units: the update runs literally in Yosinski's units. The optimised array is the image in 0-255
-    minus the model's mean pixel (`AffinePixels.caffe`: image in [0, 1] = raw / 255 + mean; RGB, the
+    minus the model's mean pixel (`param.AffinePixels.caffe`: image in [0, 1] = raw / 255 + mean; RGB, the
     toolbox is BGR), so the gradient is d score / d(0-255 pixel) and lr 100 is his lr 100: on [0, 1]
     images the same step is `100 / 255**2 = 1.54e-3` times d score / d x. Decay pulls towards the mean
     pixel (raw 0), the zeroing operations set pixels to the mean pixel, the start is his
@@ -670,7 +574,7 @@ def yosinski(
     steps = _check_steps(row.steps if steps is None else steps)
     init_sd = _finite_nonneg(init_sd, "init_sd")
     h, w = _check_size(model, size)
-    p = AffinePixels.caffe(model, (h, w, model.in_channels), init_sd)
+    p = P.AffinePixels.caffe(model, (h, w, model.in_channels), init_sd)
     _check_objective(model, params, obj, e, p.shape, None, None)
     keys = experiment_keys(key, e)
     raw0 = _init_raw(p, keys, 1)
@@ -809,7 +713,6 @@ def demo_class_visualizations(model: base.Model, params, *, key: Array, classes=
 
 
 __all__ = [
-    "AffinePixels",
     "LUCID_DIVERSITY",
     "LUCID_LEARNING_RATE",
     "LUCID_SIZE",
@@ -820,12 +723,10 @@ __all__ = [
     "YosinskiResult",
     "YosinskiRow",
     "adam",
-    "clip_box",
     "demo_class_visualizations",
     "evaluate",
     "experiment_keys",
     "experiment_objective",
-    "iterate_op",
     "kmeans",
     "multifaceted_starts",
     "normalize_by_l2",

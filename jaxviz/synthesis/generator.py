@@ -494,7 +494,7 @@ def digits_generator(classifier_params, *, cache_dir: Optional[str] = None, reci
 def _bounds_op(lower: tuple, upper: tuple, shape: tuple):
     lo = np.asarray(lower, np.float32).reshape(shape)
     hi = np.asarray(upper, np.float32).reshape(shape)
-    return features.iterate_op(lambda x, s: jnp.clip(x, jnp.asarray(lo), jnp.asarray(hi)))
+    return regularizers.iterate_op(lambda x, s: jnp.clip(x, jnp.asarray(lo), jnp.asarray(hi)))
 
 
 @functools.lru_cache(maxsize=64)

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from jaxviz.models.base import Model
-from jaxviz.synthesis import engine, param, regularizers
+from jaxviz.synthesis import engine, losses, param, regularizers
 
 Array = jax.Array
 
@@ -78,13 +78,9 @@ def alpha_prior(images: Array, alpha: float = 6.0) -> Array:
 
 def tv_prior(images: Array, beta: float = 2.0) -> Array:
     """`[B, H, W, C] -> [B]`: mean over pixels of `((dx^2 + dy^2) / V^2)^(beta / 2)` (forward
-    differences on the `(H-1) x (W-1)` grid, summed over channels inside the power as the paper)."""
-    dx = images[:, :-1, 1:, :] - images[:, :-1, :-1, :]
-    dy = images[:, 1:, :-1, :] - images[:, :-1, :-1, :]
-    sq = jnp.sum(jnp.square(dx) + jnp.square(dy), axis=-1) / TV_RANGE**2
-    # d/dsq of sq^(beta/2) is infinite at 0 for beta < 2: add a tiny floor for those exponents.
-    sq = sq if beta >= 2 else sq + 1e-12
-    return jnp.mean(sq ** (beta / 2.0), axis=(1, 2))
+    differences on the `(H-1) x (W-1)` grid, summed over channels inside the power as the paper):
+    `losses.total_variation(images / V, form="beta", beta=beta)`."""
+    return losses.total_variation(images / TV_RANGE, form="beta", beta=beta)
 
 
 def _feature_errors(model: Model, layers: tuple, params, images: Array, features: dict) -> Array:

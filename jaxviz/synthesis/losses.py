@@ -50,7 +50,12 @@ Total variation (SYNTHESIS.md section 5), `x` an image, forward differences
                                                                                   <= 2021
   "nine-point"         replicate-pad 1, 2 (mean d1^2/3 + mean d2^2/3              style-transfer-pytorch
                        + mean d3^2/12 + mean d4^2/12), two axes + two diagonals   HEAD
+  "beta"               mean over (H-1) x (W-1) of (sum over C of dy^2 + dx^2)     Mahendran & Vedaldi
+                       to the power beta / 2 (`beta=2`: C x "squared")            2015 (R_V^beta)
   ===================  ========================================================  =====================
+
+This is the library's one total variation: `jaxviz.synthesis.regularizers.total_variation` is this
+function, and feature inversion's `tv_prior` is the "beta" form of the image divided by its range.
 
 Content loss: "mean" = mean over H W C of (F - P)^2 (neural-style, pystiche, pytorch/examples);
 "half-sum" = 1/2 sum (F - P)^2 (Gatys et al.'s paper).
@@ -63,17 +68,19 @@ module converts weights where it states so.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
 GRAM_NORMALIZATIONS = ("chw", "hw", "none")
 STYLE_CONVENTIONS = ("neural-style", "pystiche", "gatys", "wasserstein")
 CONTENT_FORMS = ("mean", "half-sum")
-TV_FORMS = ("squared", "half-sum-squared", "l1", "magenta", "replicate-squared", "nine-point")
+TV_FORMS = ("squared", "half-sum-squared", "l1", "magenta", "replicate-squared", "nine-point", "beta")
 
 #: Peer names accepted wherever a convention or a TV form is asked for.
 STYLE_ALIASES = {
@@ -93,6 +100,7 @@ TV_ALIASES = {
     "lucid": "l1",
     "style-transfer-pytorch-2021": "replicate-squared",
     "style-transfer-pytorch": "nine-point",
+    "mahendran-vedaldi": "beta",
 }
 
 #: Newton-Schulz iterations and the diagonal regulariser of the Wasserstein-2 style distance
@@ -370,15 +378,32 @@ def style_loss(
 
 
 # ------------------------------------------------------------------------------ total variation
-def total_variation(images: Array, *, form: str = "squared") -> Array:
+def total_variation(images: Array, *, form: str = "squared", beta: float = 2.0) -> Array:
     """Total variation of NHWC images `[B, H, W, C]`, `[B]`, in a named form (module docstring):
     "squared" (pystiche), "half-sum-squared" (neural-style Lua: its coded gradient is this loss's),
     "l1" (neural-style-pt, lucid), "magenta", "replicate-squared" (style-transfer-pytorch <= 2021),
-    "nine-point" (style-transfer-pytorch HEAD). Peer names are accepted too (`TV_ALIASES`)."""
+    "nine-point" (style-transfer-pytorch HEAD), "beta" (Mahendran & Vedaldi's `R_V^beta`, exponent
+    `beta` > 0; for `beta` < 2 the derivative where a pixel's differences are all zero is taken as 0,
+    not infinite). Peer names are accepted too (`TV_ALIASES`). `beta` is for the "beta" form only."""
     _check_features(images, "images")
     form = tv_form(form)
+    if form != "beta" and beta != 2.0:
+        raise ValueError(f"beta applies to the 'beta' total-variation form only; got form {form!r} with beta={beta}")
     x = images
     _, h, w, c = x.shape
+    if form == "beta":
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(beta) or beta <= 0:
+            raise ValueError(f"beta must be a finite number > 0; got {beta!r}")
+        if h < 2 or w < 2:
+            raise ValueError(f"total variation form 'beta' needs at least 2x2 pixels; got {h}x{w}")
+        dy = x[:, 1:, :-1] - x[:, :-1, :-1]
+        dx = x[:, :-1, 1:] - x[:, :-1, :-1]
+        sq = jnp.sum(jnp.square(dy) + jnp.square(dx), axis=-1)
+        if beta == 2.0:
+            return jnp.mean(sq, axis=(1, 2))
+        safe = jnp.where(sq > 0, sq, 1.0)  # sq^(beta/2) has an infinite derivative at 0 for beta < 2
+        return jnp.mean(jnp.where(sq > 0, safe ** (beta / 2.0), 0.0), axis=(1, 2))
     if form in ("squared", "half-sum-squared"):
         if h < 2 or w < 2:
             raise ValueError(f"total variation form {form!r} needs at least 2x2 pixels; got {h}x{w}")

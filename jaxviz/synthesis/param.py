@@ -285,7 +285,73 @@ def image(shape, *, fft: bool = True, decorrelate: bool = True, sd: Optional[flo
     return Pixels(shape=shape, sd=sd, decorrelate=decorrelate, **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class AffinePixels:
+    """Pixels in another unit: `image = raw * scale + offset` per channel, no squash.
+
+    `AffinePixels.normalized(model, shape)`: raw is the model's normalised input `(x - mean) / std`
+    (CS231n's units); `AffinePixels.caffe(model, shape)`: raw is the image in 0-255 minus the mean
+    pixel (Yosinski's Caffe units, RGB order). Keep the iterate inside the valid box with
+    `jaxviz.synthesis.regularizers.clip_to_range(*p.bounds())` chained after the
+    optimiser: the image is not clipped here (a clip would
+    halve the gradient of pixels sitting exactly at 0 or 1, e.g. the digits' black background).
+
+    Attributes:
+      shape: `(H, W, C)`; scale, offset: `C` numbers each; sd: standard deviation of `init`'s noise
+        in raw units around raw 0 (the image `offset`).
+    """
+
+    shape: tuple
+    scale: tuple
+    offset: tuple
+    sd: float = 0.0
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"image shape must be (H, W, C) with positive sizes; got {self.shape}")
+        object.__setattr__(self, "shape", shape)
+        for what in ("scale", "offset"):
+            v = tuple(float(x) for x in np.broadcast_to(np.asarray(getattr(self, what), np.float64), (shape[2],)))
+            object.__setattr__(self, what, v)
+        if any(not s > 0 for s in self.scale):
+            raise ValueError(f"scale must be positive; got {self.scale}")
+
+    @classmethod
+    def normalized(cls, model: Any, shape, sd: float = 0.0) -> "AffinePixels":
+        return cls(shape, model.std, model.mean, sd)
+
+    @classmethod
+    def caffe(cls, model: Any, shape, sd: float = 0.0) -> "AffinePixels":
+        return cls(shape, (1.0 / 255.0,) * len(model.mean), model.mean, sd)
+
+    @property
+    def raw_shape(self) -> tuple:
+        return self.shape
+
+    def _vec(self, v, dtype):
+        return jnp.asarray(v, dtype).reshape(1, 1, 1, -1)
+
+    def init(self, key: Array, batch: int = 1) -> Array:
+        return self.sd * jax.random.normal(key, (int(batch), *self.shape), jnp.float32)
+
+    def to_images(self, raw: Array, consts: Any = None) -> Array:
+        del consts
+        return raw * self._vec(self.scale, raw.dtype) + self._vec(self.offset, raw.dtype)
+
+    def from_images(self, images: Array) -> Array:
+        images = jnp.asarray(images)
+        return (images - self._vec(self.offset, images.dtype)) / self._vec(self.scale, images.dtype)
+
+    def bounds(self) -> tuple[tuple, tuple]:
+        """Per-channel raw values of images 0 and 1: `(lower [C], upper [C])`."""
+        lo = tuple((0.0 - o) / s for o, s in zip(self.offset, self.scale))
+        hi = tuple((1.0 - o) / s for o, s in zip(self.offset, self.scale))
+        return lo, hi
+
+
 __all__ = [
+    "AffinePixels",
     "COLOR_CORRELATION",
     "COLOR_CORRELATION_SVD_SQRT",
     "COLOR_MEAN",

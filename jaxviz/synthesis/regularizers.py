@@ -1,8 +1,9 @@
 """Regularisers: loss terms on images, and between-step operations as optax transformations.
 
 Loss terms (`images [B, H, W, C] -> [B]`, one value per image; add them to a loss with a weight):
-`l1`, `l2`, `total_variation` (several named forms: every peer differs, SYNTHESIS.md section 5),
-`alpha_norm`.
+`l1`, `l2`, `alpha_norm`, and `total_variation` (the library's one total variation,
+`jaxviz.synthesis.losses.total_variation`, re-exported here: several named forms, because every peer
+differs, SYNTHESIS.md section 5; lucid's is `form="l1"`, Mahendran & Vedaldi's `form="beta"`).
 
 Between-step operations (Yosinski et al. 2015; DeepDream; attacks) act on the *iterate*: each is an
 `optax.GradientTransformationExtraArgs` whose `update(updates, state, params)` returns
@@ -24,18 +25,17 @@ experiment's pixels (the engine runs each experiment's optimiser separately).
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Optional
+import functools
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxviz.synthesis.losses import TV_FORMS, total_variation
+
 Array = jax.Array
-
-TV_FORMS = ("l1", "squared", "beta")
-
 
 # --------------------------------------------------------------------------- loss terms
 def _check(images) -> Array:
@@ -63,46 +63,6 @@ def alpha_norm(images: Array, alpha: float = 6.0, constant: float = 0.0) -> Arra
     model's mean pixel as `constant`)."""
     images = _check(images)
     return jnp.sum(jnp.abs(images - constant) ** alpha, axis=(1, 2, 3))
-
-
-def total_variation(images: Array, form: str = "l1", *, beta: float = 2.0, reduce: str = "sum") -> Array:
-    """Total variation per image `[B]`, with forward differences `dy = x[i+1, j] - x[i, j]`,
-    `dx = x[i, j+1] - x[i, j]`.
-
-    Forms:
-      * `"l1"`: `sum |dy| + sum |dx|` over their full ranges ((H-1) x W and H x (W-1)):
-        lucid `total_variation` (= `tf.image.total_variation`) and neural-style-pt's `TVLoss`
-        (without its weight). The default.
-      * `"squared"`: `0.5 * sum over (H-1) x (W-1) of (dx^2 + dy^2)`: the loss whose gradient
-        neural-style (Lua) and fast-neural-style (Lua) use (they compute only the gradient).
-      * `"beta"`: `sum over (H-1) x (W-1) of (dx^2 + dy^2)^(beta / 2)`: Mahendran & Vedaldi's
-        `R_V^beta` (beta = 2 gives `2 x "squared"`). With `reduce="mean"` (mean over the
-        (H-1) x (W-1) x C terms) and the same `beta`, this is pystiche's `total_variation_loss`
-        per image.
-
-    `reduce`: `"sum"` (default) or `"mean"` over the terms of the form.
-    """
-    images = _check(images)
-    if form not in TV_FORMS:
-        raise ValueError(f"total variation form must be one of {TV_FORMS}; got {form!r}")
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean'; got {reduce!r}")
-    red = jnp.sum if reduce == "sum" else jnp.mean
-    dy = images[:, 1:, :, :] - images[:, :-1, :, :]
-    dx = images[:, :, 1:, :] - images[:, :, :-1, :]
-    if form == "l1":
-        if reduce == "sum":
-            return jnp.sum(jnp.abs(dy), axis=(1, 2, 3)) + jnp.sum(jnp.abs(dx), axis=(1, 2, 3))
-        n = dy[0].size + dx[0].size
-        return (jnp.sum(jnp.abs(dy), axis=(1, 2, 3)) + jnp.sum(jnp.abs(dx), axis=(1, 2, 3))) / n
-    sq = jnp.square(dy[:, :, :-1, :]) + jnp.square(dx[:, :-1, :, :])
-    if form == "squared":
-        return 0.5 * red(sq, axis=(1, 2, 3))
-    if beta == 2.0:
-        return red(sq, axis=(1, 2, 3))
-    # (s)^(beta/2) has an infinite derivative at s = 0 for beta < 2: keep the gradient finite there.
-    safe = jnp.where(sq > 0, sq, 1.0)
-    return red(jnp.where(sq > 0, safe ** (beta / 2.0), 0.0), axis=(1, 2, 3))
 
 
 # --------------------------------------------------------------------------- between-step operations
@@ -237,11 +197,48 @@ def zero_small_contributions(percentile: float, absolute: bool = False) -> optax
     return _projection(op, needs_grad=True)
 
 
-def clip_to_range(lower: float = 0.0, upper: float = 1.0) -> optax.GradientTransformationExtraArgs:
-    """`x <- clip(x, lower, upper)` (Yosinski, DeepDream, Simonyan, attacks: keep pixels valid)."""
-    if not lower < upper:
-        raise ValueError(f"clip range needs lower < upper; got {lower}, {upper}")
-    return _projection(lambda x, c, g: jnp.clip(x, lower, upper))
+def iterate_op(op: Callable[[Array, Any], Array], init_state: Optional[Callable] = None) -> optax.GradientTransformationExtraArgs:
+    """A between-step operation with a state of its own: the new parameters are
+    `op(params + updates, state)`, `init_state(params)` builds the state (default: none), which then
+    stays as built (e.g. an attack's starting images, the centre of its epsilon-ball)."""
+
+    def init(params):
+        return optax.EmptyState() if init_state is None else init_state(params)
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError("between-step operations need params: call update(updates, state, params)")
+        proposed = optax.apply_updates(params, updates)
+        new = jax.tree_util.tree_map(lambda x: op(x, state), proposed)
+        return jax.tree_util.tree_map(lambda n, p: (n - p).astype(p.dtype), new, params), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@functools.lru_cache(maxsize=None)
+def _clip(lower: tuple, upper: tuple) -> optax.GradientTransformationExtraArgs:
+    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+
+    def op(x, count, grad):
+        if lo.ndim == 0:
+            return jnp.clip(x, float(lo), float(hi))
+        shape = (1,) * (x.ndim - 1) + lo.shape  # one bound per channel (the last axis)
+        return jnp.clip(x, jnp.asarray(lo, x.dtype).reshape(shape), jnp.asarray(hi, x.dtype).reshape(shape))
+
+    return _projection(op)
+
+
+def clip_to_range(lower=0.0, upper=1.0) -> optax.GradientTransformationExtraArgs:
+    """`x <- clip(x, lower, upper)` (Yosinski, DeepDream, Simonyan, attacks: keep pixels valid).
+    `lower`, `upper`: numbers, or one number per channel (the last axis), e.g. the raw-unit box of
+    `param.AffinePixels.bounds()`. The same bounds give the same transformation object (the engine
+    compiles once per optimiser)."""
+    lo = np.asarray(lower, np.float64)
+    hi = np.asarray(upper, np.float64)
+    if lo.shape != hi.shape or lo.ndim > 1 or not np.all(np.isfinite(lo) & np.isfinite(hi)) or not np.all(lo < hi):
+        raise ValueError(f"clip range needs finite lower < upper (numbers, or one per channel); got {lower}, {upper}")
+    return _clip(tuple(lo.tolist()) if lo.ndim else float(lo), tuple(hi.tolist()) if hi.ndim else float(hi))
 
 
 def yosinski(
@@ -310,6 +307,7 @@ __all__ = [
     "TV_FORMS",
     "alpha_norm",
     "clip_to_range",
+    "iterate_op",
     "decay",
     "gaussian_blur",
     "gaussian_filter",

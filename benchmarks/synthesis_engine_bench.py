@@ -12,6 +12,7 @@ steps / wall time after one warm-up run (compilation excluded); "jax/torch" > 1 
 
     python benchmarks/synthesis_engine_bench.py                       # 128 px, batch 1, 20 steps
     python benchmarks/synthesis_engine_bench.py --sizes 128,224 --batch 1 --steps 10
+    python benchmarks/synthesis_engine_bench.py --sizes 128 --steps 20 --no-scan --lucent   # + torch-lucent
 
 The device is the default JAX backend and, for torch, CUDA when available (else CPU).
 """
@@ -106,6 +107,25 @@ def torch_step_fn(torch, net, size, batch, device):
     return step
 
 
+def lucent_steps_per_s(torch, net, size, steps, fixed_size):
+    """torch-lucent 0.1.8's `render_vis` as its users call it (`param.image(size)`: FFT + decorrelation,
+    its `standard_transforms` through kornia 0.4.1, its `normalize()`, Adam 0.05), objective channel 0
+    of relu4_3 (`features_22`), batch 1. Lucent resizes the transformed image to 224 px when it is
+    smaller (its default), or to `fixed_size`. Steps per second of a `steps`-step call after a 2-step
+    warm-up call (its setup, a few ms, is included)."""
+    from collections import OrderedDict
+
+    from lucent.optvis import objectives, param, render
+
+    model = torch.nn.Sequential(OrderedDict(features=net)).eval()  # hook names: features_0 ... features_22
+    kw = dict(param_f=lambda: param.image(size), progress=False, show_image=False, fixed_image_size=fixed_size)
+    objective = objectives.channel("features_22", 0)
+    render.render_vis(model, objective, thresholds=(2,), **kw)
+    t0 = time.perf_counter()
+    render.render_vis(model, objective, thresholds=(steps,), **kw)
+    return steps / (time.perf_counter() - t0)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="128")
@@ -113,6 +133,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-scan", action="store_true")
+    parser.add_argument("--lucent", action="store_true",
+                        help="also time torch-lucent's render_vis (pip install torch-lucent==0.1.8 'kornia<=0.4.1' decorator "
+                             "ipython; batch 1)")
     args = parser.parse_args(argv)
 
     model = models.get("vgg16")
@@ -163,6 +186,12 @@ def main(argv=None):
             line += f" {'-':>14} {'-':>9}"
         line += f" {sc / py:>11.2f}"
         print(line, flush=True)
+        if args.lucent and torch is not None:
+            default = "its default: resized to 224 px" if size < 224 else "its default: not resized"
+            for fixed, what in ((size, f"resized to {size} px"), (None, default)):
+                ls = lucent_steps_per_s(torch, net, size, args.steps, fixed)
+                print(f"{size:>5} torch-lucent render_vis ({what}): {ls:.2f} steps/s; jax (Python loop) / lucent {py / ls:.2f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -88,15 +88,7 @@ _input_grad = jax.jit(jax.grad(_logit, argnums=2), static_argnums=0)
 
 def _torch_input_grad64(module, model, x):
     """d logit / d image of `module` in float64 (converted in place: the caller drops the module)."""
-    # Tensor by tensor, each float32 original freed before the next is converted (`module.double()`
-    # kept all of them until the end: float32 and float64 copies of a VGG together).
-    with torch.no_grad():
-        for m in module.modules():
-            for name, p in m.named_parameters(recurse=False):
-                p.data = p.data.double()
-            for name, b in m.named_buffers(recurse=False):
-                if b.is_floating_point():
-                    m._buffers[name] = b.double()
+    module.double()
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
     mean = torch.tensor(model.mean, dtype=torch.float64).reshape(1, 3, 1, 1)
     std = torch.tensor(model.std, dtype=torch.float64).reshape(1, 3, 1, 1)

@@ -5,7 +5,8 @@ standard transforms (pad 12 constant 0.5, jitter 8, random scale 0.90-1.10, rand
 degrees, jitter 4) -> VGG16 (random weights, the same on both sides) up to relu4_3 -> minus the mean
 of one channel -> backward -> Adam (lr 0.05) update of the spectrum. The batch is E experiments (one
 image each, its own channel). JAX: `jaxviz.synthesis.optimize` with a Python loop over one jitted
-step (`loop="python"`) and with one jitted `lax.scan` (`loop="scan"`); PyTorch: the same math in
+step (`loop="python"`) and with one jitted `lax.scan` (`loop="scan"`), with `model.frozen(params)`
+as the techniques pass them (and, for comparison, the plain params); PyTorch: the same math in
 eager mode (`torch.fft.irfftn`, `F.pad`, random crops, `affine_grid` + `grid_sample` for scale and
 rotation, `torchvision.models.vgg16().features[:23]`, `torch.optim.Adam`). Steps per second =
 steps / wall time after one warm-up run (compilation excluded); "jax/torch" > 1 means JAX is faster.
@@ -49,14 +50,17 @@ def channel_loss(model, params, targets, images, key, step):
     return -jnp.take_along_axis(acts.mean(axis=(1, 2)), targets[:, None], axis=1)[:, 0]
 
 
-def jax_run(model, params, size, batch, steps, loop):
+def jax_run(model, params, size, batch, steps, loop, frozen=True):
+    """Steps/s of `optimize` (as `features.render` runs it: with `model.frozen(params)`, computed
+    inside the timed region, once per run; `frozen=False`: the plain params)."""
     p = P.FFT((size, size, 3))
     raw0 = p.init(jax.random.key(0), batch)
     targets = jnp.arange(batch, dtype=jnp.int32)
     kw = dict(steps=steps, key=jax.random.key(1), param=p, targets=targets, transforms=TRANSFORMS, static=model, loop=loop)
-    optimize(channel_loss, params, raw0, ADAM, **kw).images.block_until_ready()  # warm-up / compile
+    prepare = model.frozen if frozen else (lambda q: q)
+    optimize(channel_loss, prepare(params), raw0, ADAM, **kw).images.block_until_ready()  # warm-up / compile
     t0 = time.perf_counter()
-    res = optimize(channel_loss, params, raw0, ADAM, **kw)
+    res = optimize(channel_loss, prepare(params), raw0, ADAM, **kw)
     res.images.block_until_ready()
     return steps / (time.perf_counter() - t0), res
 
@@ -165,11 +169,14 @@ def main(argv=None):
     if torch is not None:
         print(f"; torch {torch.__version__} on {device} ({torch.get_num_threads()} threads)", end="")
     print(f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"{'size':>5} {'jax python steps/s':>19} {'jax scan steps/s':>17} {'torch steps/s':>14} {'jax/torch':>9} {'scan/python':>11}")
+    print("# jax python / scan: Model.frozen params (as the techniques run); plain: the same loop with the plain params")
+    print(f"{'size':>5} {'jax python steps/s':>19} {'plain params':>12} {'jax scan steps/s':>17} {'torch steps/s':>14} "
+          f"{'jax/torch':>9} {'scan/python':>11}")
     for size in [int(s) for s in args.sizes.split(",")]:
         py, _ = jax_run(model, params, size, args.batch, args.steps, "python")
+        plain, _ = jax_run(model, params, size, args.batch, args.steps, "python", frozen=False)
         sc = float("nan") if args.no_scan else jax_run(model, params, size, args.batch, args.steps, "scan")[0]
-        line = f"{size:>5} {py:>19.2f} {sc:>17.2f}"
+        line = f"{size:>5} {py:>19.2f} {plain:>12.2f} {sc:>17.2f}"
         if torch is not None:
             step = torch_step_fn(torch, net, size, args.batch, device)
             step()  # warm-up

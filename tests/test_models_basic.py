@@ -60,7 +60,8 @@ def test_unknown_layer_and_arch():
         models.get("resnet50")
 
 
-@pytest.mark.parametrize("window,stride,shape", [((2, 2), (2, 2), (2, 9, 7, 3)), ((3, 3), (2, 2), (2, 11, 9, 3))])
+@pytest.mark.parametrize("window,stride,shape", [((2, 2), (2, 2), (2, 9, 7, 3)), ((3, 3), (3, 3), (2, 10, 11, 2)),
+                                                 ((3, 3), (2, 2), (2, 11, 9, 3))])
 def test_max_pool_ties_route_to_first_maximum_like_torch(window, stride, shape):
     """Integer inputs make many exact ties; forward, reverse- and forward-mode derivatives equal torch's."""
     torch = pytest.importorskip("torch")
@@ -154,3 +155,93 @@ def test_conv2d_fast_path_rewrites_equal_a_plain_convolution(shape, kernel, stri
         for a, e in zip(gg, gw):
             assert a.shape == e.shape
             np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, padding",
+    [
+        ((2, 8, 8, 3), (3, 3), (1, 1)),     # VGG's layers
+        ((1, 9, 12, 4), (5, 3), (2, 1)),    # non-square kernel and padding (AlexNet's conv2 is 5x5, pad 2)
+        ((2, 11, 10, 5), (3, 3), (0, 0)),   # VALID (the cropped rewrite)
+        ((1, 7, 9, 2), (4, 2), (1, 0)),     # even kernel: the gradient's padding is asymmetric
+    ],
+)
+def test_conv2d_precomputed_backward_kernel_equals_autodiff(shape, kernel, padding):
+    """`conv2d(kernel_t=backward_kernel(w))` (what `Model.frozen` adds) gives the same values and input
+    gradient as the plain convolution (float64), and refuses a kernel gradient (the two copies would
+    drift apart in training)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        x = jnp.asarray(rng.normal(size=shape))
+        w = jnp.asarray(rng.normal(size=kernel + (shape[-1], 6)))
+        b = jnp.asarray(rng.normal(size=(6,)))
+        assert layers.frozen_kernel_applies(w.shape, (1, 1))
+        w_t = layers.backward_kernel(w)
+        assert w_t.shape == kernel + (6, shape[-1])
+
+        def plain(x):
+            return layers.conv2d(x, w, b, padding=padding)
+
+        def frozen(x):
+            return layers.conv2d(x, w, b, padding=padding, kernel_t=w_t)
+
+        want, vjp_want = jax.vjp(plain, x)
+        got, vjp_got = jax.vjp(frozen, x)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        cot = jnp.asarray(rng.normal(size=want.shape))
+        np.testing.assert_allclose(vjp_got(cot)[0], vjp_want(cot)[0], rtol=1e-12, atol=1e-12)
+        # Under jit and vmap too (the engine maps one experiment's step over experiments).
+        g = jax.jit(jax.vmap(jax.grad(lambda xi: jnp.sum(frozen(xi[None]) ** 2))))(x)
+        np.testing.assert_allclose(g, jax.vmap(jax.grad(lambda xi: jnp.sum(plain(xi[None]) ** 2)))(x), rtol=1e-10, atol=1e-12)
+        with pytest.raises(ValueError, match="precomputed backward kernels"):
+            jax.grad(lambda k: jnp.sum(layers.conv2d(x, k, b, padding=padding, kernel_t=w_t)))(w)
+
+
+def test_conv2d_backward_kernel_ignored_where_it_does_not_apply():
+    """Strided convolutions and the channel-padded large kernels keep autodiff's gradient."""
+    assert not layers.frozen_kernel_applies((3, 3, 8, 8), (2, 2))
+    assert not layers.frozen_kernel_applies((9, 9, 3, 32), (1, 1))
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        x = jnp.asarray(rng.normal(size=(1, 13, 13, 3)))
+        w = jnp.asarray(rng.normal(size=(9, 9, 3, 4)))
+        b = jnp.zeros(4)
+        bogus = jnp.zeros((9, 9, 4, 3))  # would give a zero gradient if it were used
+        f = lambda k, kt: jnp.sum(layers.conv2d(x, k, b, padding=(4, 4), kernel_t=kt) ** 2)  # noqa: E731
+        np.testing.assert_allclose(jax.grad(f)(w, bogus), jax.grad(f)(w, None), rtol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "digits"])
+def test_model_frozen_params_same_activations_and_input_gradients(arch):
+    """`Model.frozen(params)` adds the backward kernels to every stride-1 convolution; the network's
+    activations and its input gradient are unchanged (float64), and training the frozen params is
+    refused. A model without `frozen_fn` returns its params unchanged."""
+    model = models.get(arch)
+    with jax.enable_x64(True):
+        layer = model.trunk[-1]  # the trunk holds every convolution; its weights are all apply reads
+        rng = np.random.default_rng(0)
+        # Random trunk weights in float64 (batch norm's statistics and scales positive).
+        params = {name: {leaf: jnp.asarray(np.abs(rng.normal(size=a.shape)) + 0.5 if name.startswith("bn")
+                                           else 0.1 * rng.normal(size=a.shape))
+                         for leaf, a in entry.items()}
+                  for name, entry in model.param_shapes().items() if name in model.trunk}
+        frozen = model.frozen(params)
+        convs = [s for s in model.layers if s.kind == "conv"]
+        with_t = [s.name for s in convs if "kernel_t" in frozen[s.name]]
+        assert with_t == [s.name for s in convs if s.stride == (1, 1)] and with_t
+        for name in with_t:
+            np.testing.assert_array_equal(frozen[name]["kernel_t"], layers.backward_kernel(params[name]["kernel"]))
+        h = max(model.min_size[0], 28) + 3
+        x = jax.random.uniform(jax.random.key(1), (2, h, h + 2, model.in_channels), jnp.float64)
+
+        def loss(p, images):
+            return jnp.sum(jnp.sin(model.apply(p, images, until=layer)[layer]))
+
+        value_and_input_grad = jax.jit(jax.value_and_grad(loss, 1))
+        (v_frozen, g_frozen), (v, g) = value_and_input_grad(frozen, x), value_and_input_grad(params, x)
+        np.testing.assert_allclose(v_frozen, v, rtol=1e-12)
+        np.testing.assert_allclose(g_frozen, g, rtol=1e-10, atol=1e-14)
+        with pytest.raises(ValueError, match="precomputed backward kernels"):
+            jax.grad(loss)(frozen, x)
+    plain = models.Model("plain", model.layers, model.apply_fn)
+    assert plain.frozen(params) is params

@@ -487,6 +487,7 @@ def train(
             checkpoint_dir, max_to_keep, resume, meta, params, opt_state
         )
     static = (net, loss, model, optimizer)
+    frozen_loss_params = model.frozen(loss_params)  # the loss network's backward kernels once per run
     executor = ThreadPoolExecutor(1)  # prefetches the next batch while the device computes
     decoders = ThreadPoolExecutor(max(1, int(workers)))  # decode that batch's images in parallel
     try:
@@ -497,7 +498,7 @@ def train(
             if step + 1 < steps:
                 pending = executor.submit(folder.batch, data_key, step + 1, batch_size, decoders)
             weights = batch_style_weights(net, style_key, step, batch_size)
-            params, opt_state, metrics = _train_step(static, params, opt_state, loss_params, targets,
+            params, opt_state, metrics = _train_step(static, params, opt_state, frozen_loss_params, targets,
                                                      jnp.asarray(images), weights)
             n_since += batch_size
             done = step + 1

@@ -140,6 +140,7 @@ class Model:
       class_names: one name per class, or `None`.
       swappable_relu: whether `apply(..., relu=f)` replaces the network's ReLUs (guided backprop).
       pool_modes: pooling modes `apply(..., pool=...)` accepts.
+      frozen_fn: `frozen_fn(params) -> params` for `frozen`, or `None` (then `frozen` is the identity).
     """
 
     name: str
@@ -156,6 +157,7 @@ class Model:
     class_names: Optional[tuple[str, ...]] = None
     swappable_relu: bool = True
     pool_modes: tuple[str, ...] = ("max",)
+    frozen_fn: Optional[Callable[[Params], Params]] = None
 
     def __post_init__(self):
         # Mark the layers after the convolutional trunk, so that `LayerSpec.spatial` is right for
@@ -299,6 +301,21 @@ class Model:
         if self.init_fn is None:
             raise ValueError(f"{self.name} has no random initialiser")
         return self.init_fn(key)
+
+    def frozen(self, params: Params) -> Params:
+        """`params` prepared for gradients with respect to the IMAGES through a network whose weights
+        stay fixed (every synthesis technique, SmoothGrad, integrated gradients).
+
+        For the built-in models each stride-1 convolution gets its input gradient's kernel (flipped and
+        transposed, `layers.backward_kernel`) computed here once instead of at every gradient: on
+        XLA's CPU backend those copies are about 14% of a VGG16 input gradient at 128 px and 6% at
+        224 px. `apply` on the result gives the same activations and the same input gradients;
+        differentiating with respect to its weights raises a `ValueError` (train the original
+        params). Models without `frozen_fn` (e.g. `from_flax`) return `params` unchanged. For the
+        built-in models the kernels are computed by one jitted program (VGG16: 30-40 ms on two CPU
+        cores); the other weights are passed through, not copied.
+        """
+        return params if self.frozen_fn is None else self.frozen_fn(params)
 
     def param_shapes(self) -> Params:
         """`jax.ShapeDtypeStruct` pytree of the parameters, without allocating them."""

@@ -51,6 +51,24 @@ def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.
     return acts
 
 
+def frozen_params(specs: Sequence[LayerSpec], params) -> dict:
+    """`params` with `"kernel_t": layers.backward_kernel(kernel)` added to every convolution whose input
+    gradient can use it (`layers.frozen_kernel_applies`); see `Model.frozen`."""
+    names = [spec.name for spec in specs if spec.kind == "conv" and spec.name in params
+             and L.frozen_kernel_applies(jnp.shape(params[spec.name]["kernel"]), spec.stride)]
+    # One compiled program for the kernels alone: the other weights are not touched (not copied).
+    kernels_t = _backward_kernels([params[name]["kernel"] for name in names])
+    out = dict(params)
+    for name, kernel_t in zip(names, kernels_t):
+        out[name] = {**params[name], "kernel_t": kernel_t}
+    return out
+
+
+@jax.jit
+def _backward_kernels(kernels):
+    return [L.backward_kernel(k) for k in kernels]
+
+
 def _fan(shape):
     """(fan_in, fan_out) like torch: kernels [kh, kw, in, out] or [in, out]."""
     receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
@@ -195,6 +213,7 @@ def sequential_model(
         layers=specs,
         apply_fn=apply_fn,
         init_fn=init_fn,
+        frozen_fn=lambda params: frozen_params(specs, params),
         mean=tuple(mean),
         std=tuple(std),
         input_size=tuple(input_size),

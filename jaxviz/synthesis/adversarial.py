@@ -162,7 +162,7 @@ def fooling_images(
     p = P.AffinePixels.normalized(model, images.shape[1:])
     raw0 = p.from_images(images)
     opt = features._normalized_sgd(learning_rate, *p.bounds())
-    res = engine.optimize(_score_loss, params, raw0, opt, steps=steps, key=jax.random.key(0), param=p,
+    res = engine.optimize(_score_loss, model.frozen(params), raw0, opt, steps=steps, key=jax.random.key(0), param=p,
                           targets=targets, static=model, stop=_is_top1, callback=callback, loop=loop)
     out = jnp.clip(res.images, 0.0, 1.0)
     pert, success, pred, linf, l2 = _metrics(model, params, images, out, targets, True)
@@ -344,7 +344,7 @@ def _run(model, params, images, labels, steps, step_size, norm, radius, step, ze
         if bounds is not None:
             raw0 = jnp.clip(raw0, *bounds)
     sign = jnp.full(labels.shape, 1.0 if targeted else -1.0, images.dtype)
-    res = engine.optimize(_ce_loss, params, raw0, opt, steps=steps, key=jax.random.key(0) if key is None else key,
+    res = engine.optimize(_ce_loss, model.frozen(params), raw0, opt, steps=steps, key=jax.random.key(0) if key is None else key,
                           param=p, targets={"label": labels, "sign": sign}, static=model, opt_state=opt_state,
                           callback=callback, loop=loop)
     out = res.images

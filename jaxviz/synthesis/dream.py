@@ -201,6 +201,7 @@ def deepdream(
     jit_transform = transforms.Jitter(int(jitter), mode="roll") if jitter else None
     static = (model, layer, guide is not None)
 
+    frozen = model.frozen(params)  # the backward kernels once for all octaves
     bases = [jnp.asarray(images)]
     for size in sizes[1:]:
         bases.append(_resize(bases[-1], size))
@@ -213,7 +214,7 @@ def deepdream(
         octave_keys = jax.vmap(lambda k, o=o: jax.random.fold_in(k, o))(keys)
         cb = None if callback is None else functools.partial(_octave_callback, callback, o)
         res = engine.optimize(
-            _dream_loss, params, px.from_images(start), optimizer, steps=steps, key=octave_keys, param=px,
+            _dream_loss, frozen, px.from_images(start), optimizer, steps=steps, key=octave_keys, param=px,
             targets=targets, transforms=jit_transform, static=static, loop=loop, callback=cb,
         )
         before.append(_mean_square(model, layer, params, start))

@@ -348,7 +348,7 @@ def visualize(
     static = ScoreLoss(model, redirect, resize_to, 0.0, diversity_layer if diversity else None, diversity)
     opt = adam(learning_rate) if optimizer is None else optimizer
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    res = engine.optimize(score_loss, params, raw0, opt, steps=steps, key=run_keys, param=p, targets=obj,
+    res = engine.optimize(score_loss, model.frozen(params), raw0, opt, steps=steps, key=run_keys, param=p, targets=obj,
                           transforms=tf, static=static, group=group > 1, callback=callback, loop=loop)
     return Visualization(res.images, evaluate(model, params, res.images, obj), res)
 
@@ -424,7 +424,7 @@ def simonyan(
     raw0 = _init_raw(p, keys, 1)
     opt = _normalized_sgd(learning_rate, *p.bounds())
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    res = engine.optimize(score_loss, params, raw0, opt, steps=steps, key=run_keys, param=p, targets=obj,
+    res = engine.optimize(score_loss, model.frozen(params), raw0, opt, steps=steps, key=run_keys, param=p, targets=obj,
                           transforms=tf, static=ScoreLoss(model, None, None, l2), callback=callback, loop=loop)
     return Visualization(res.images, evaluate(model, params, res.images, obj), res)
 
@@ -590,7 +590,7 @@ def yosinski(
         if callback is not None:
             callback(t, losses, images)
 
-    res = engine.optimize(score_loss, params, raw0, opt, steps=steps, key=run_keys, param=p, targets=obj,
+    res = engine.optimize(score_loss, model.frozen(params), raw0, opt, steps=steps, key=run_keys, param=p, targets=obj,
                           static=ScoreLoss(model), callback=cb if (record or callback) else None,
                           callback_images=record, loop=loop)
     scores = evaluate(model, params, res.images, obj)

@@ -492,9 +492,7 @@ def digits_generator(classifier_params, *, cache_dir: Optional[str] = None, reci
 
 # =========================================================================== activation maximisation
 def _bounds_op(lower: tuple, upper: tuple, shape: tuple):
-    lo = np.asarray(lower, np.float32).reshape(shape)
-    hi = np.asarray(upper, np.float32).reshape(shape)
-    return regularizers.iterate_op(lambda x, s: jnp.clip(x, jnp.asarray(lo), jnp.asarray(hi)))
+    return regularizers.clip_to_range(np.asarray(lower, np.float32).reshape(shape), np.asarray(upper, np.float32).reshape(shape))
 
 
 @functools.lru_cache(maxsize=64)
@@ -600,7 +598,7 @@ def visualize(
         raw0 = jnp.asarray(init, jnp.float32)
         if raw0.shape != (e, *shape):
             raise ValueError(f"init must be start codes of shape {(e, *shape)}; got {raw0.shape}")
-    consts = {"generator": gen.params, "classifier": params}
+    consts = {"generator": gen.params, "classifier": model.frozen(params)}
     static = _CodeLoss(features.ScoreLoss(model))
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     res = engine.optimize(_code_loss, consts, raw0, opt, steps=int(steps), key=run_keys, param=gen.prior,

@@ -145,7 +145,7 @@ def _run(model, params, images, features, layers, mask, *, key, steps, data_weig
         if init.shape != images.shape:
             raise ValueError(f"init must have the shape of the experiments {images.shape}; got {init.shape}")
         raw0 = px.from_images(init)
-    consts = {"params": params, "weights": jax.tree_util.tree_map(lambda v: jnp.float32(v), weights)}
+    consts = {"params": model.frozen(params), "weights": jax.tree_util.tree_map(lambda v: jnp.float32(v), weights)}
     targets = {"features": features, "mask": mask}
     res = engine.optimize(
         _inversion_loss, consts, raw0, default_optimizer(float(learning_rate)), steps=steps, key=key, param=px,

@@ -72,12 +72,11 @@ class StepCount(NamedTuple):
     count: Array
 
 
-def _projection(op, *, counted: bool = False, needs_grad: bool = False) -> optax.GradientTransformationExtraArgs:
-    """A transformation whose new iterate is `op(params + updates, count, grad)`."""
-
-    def init(params):
-        del params
-        return StepCount(jnp.zeros((), jnp.int32)) if counted else optax.EmptyState()
+def _between_steps(op, init, next_state=None, *, needs_grad: bool = False) -> optax.GradientTransformationExtraArgs:
+    """The one core of every between-step operation: the new iterate is `op(params + updates, state,
+    grad)` leaf by leaf (returned as updates, so that it chains after an optimiser); `init(params)`
+    builds the state and `next_state(state)` advances it (default: it stays as built). `grad` is the
+    loss gradient the engine passes as an extra argument (`None` unless `needs_grad`)."""
 
     def update(updates, state, params=None, **extra_args):
         if params is None:
@@ -85,15 +84,24 @@ def _projection(op, *, counted: bool = False, needs_grad: bool = False) -> optax
         grad = extra_args.get("grad")
         if needs_grad and grad is None:
             raise ValueError("this operation needs the loss gradient: pass grad= to update (the engine does)")
-        count = state.count if counted else None
         proposed = optax.apply_updates(params, updates)
-        new = jax.tree_util.tree_map(lambda x, g: op(x, count, g), proposed, grad if needs_grad else proposed)
+        if needs_grad:
+            new = jax.tree_util.tree_map(lambda x, g: op(x, state, g), proposed, grad)
+        else:
+            new = jax.tree_util.tree_map(lambda x: op(x, state, None), proposed)
         new_updates = jax.tree_util.tree_map(lambda n, p: (n - p).astype(p.dtype), new, params)
-        if counted:
-            state = StepCount(state.count + 1)
-        return new_updates, state
+        return new_updates, state if next_state is None else next_state(state)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _projection(op, *, counted: bool = False, needs_grad: bool = False) -> optax.GradientTransformationExtraArgs:
+    """A stateless operation `op(x, count, grad)`; `counted=True` keeps the iteration number (from 0)
+    in a `StepCount` state and passes it as `count` (else `None`)."""
+    if counted:
+        return _between_steps(lambda x, s, g: op(x, s.count, g), lambda params: StepCount(jnp.zeros((), jnp.int32)),
+                              lambda s: StepCount(s.count + 1), needs_grad=needs_grad)
+    return _between_steps(lambda x, s, g: op(x, None, g), lambda params: optax.EmptyState(), needs_grad=needs_grad)
 
 
 def decay(rate: float, center: float = 0.0) -> optax.GradientTransformationExtraArgs:
@@ -201,44 +209,35 @@ def iterate_op(op: Callable[[Array, Any], Array], init_state: Optional[Callable]
     """A between-step operation with a state of its own: the new parameters are
     `op(params + updates, state)`, `init_state(params)` builds the state (default: none), which then
     stays as built (e.g. an attack's starting images, the centre of its epsilon-ball)."""
-
-    def init(params):
-        return optax.EmptyState() if init_state is None else init_state(params)
-
-    def update(updates, state, params=None, **extra):
-        del extra
-        if params is None:
-            raise ValueError("between-step operations need params: call update(updates, state, params)")
-        proposed = optax.apply_updates(params, updates)
-        new = jax.tree_util.tree_map(lambda x: op(x, state), proposed)
-        return jax.tree_util.tree_map(lambda n, p: (n - p).astype(p.dtype), new, params), state
-
-    return optax.GradientTransformationExtraArgs(init, update)
+    init = (lambda params: optax.EmptyState()) if init_state is None else init_state
+    return _between_steps(lambda x, s, g: op(x, s), init)
 
 
 @functools.lru_cache(maxsize=None)
-def _clip(lower: tuple, upper: tuple) -> optax.GradientTransformationExtraArgs:
-    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+def _clip(shape: tuple, lower: bytes, upper: bytes) -> optax.GradientTransformationExtraArgs:
+    lo = np.frombuffer(lower, np.float64).reshape(shape)
+    hi = np.frombuffer(upper, np.float64).reshape(shape)
 
     def op(x, count, grad):
         if lo.ndim == 0:
             return jnp.clip(x, float(lo), float(hi))
-        shape = (1,) * (x.ndim - 1) + lo.shape  # one bound per channel (the last axis)
-        return jnp.clip(x, jnp.asarray(lo, x.dtype).reshape(shape), jnp.asarray(hi, x.dtype).reshape(shape))
+        bounds_shape = (1,) * (x.ndim - lo.ndim) + lo.shape  # bounds for the trailing axes
+        return jnp.clip(x, jnp.asarray(lo, x.dtype).reshape(bounds_shape), jnp.asarray(hi, x.dtype).reshape(bounds_shape))
 
     return _projection(op)
 
 
 def clip_to_range(lower=0.0, upper=1.0) -> optax.GradientTransformationExtraArgs:
     """`x <- clip(x, lower, upper)` (Yosinski, DeepDream, Simonyan, attacks: keep pixels valid).
-    `lower`, `upper`: numbers, or one number per channel (the last axis), e.g. the raw-unit box of
-    `param.AffinePixels.bounds()`. The same bounds give the same transformation object (the engine
-    compiles once per optimiser)."""
+    `lower`, `upper`: numbers, or arrays of one shape that bounds the trailing axes of each leaf:
+    one number per channel (the last axis), e.g. the raw-unit box of `param.AffinePixels.bounds()`,
+    or one per unit of a code (DGN-AM's code bounds). `lower == upper` pins a value. The same
+    bounds give the same transformation object (the engine compiles once per optimiser)."""
     lo = np.asarray(lower, np.float64)
     hi = np.asarray(upper, np.float64)
-    if lo.shape != hi.shape or lo.ndim > 1 or not np.all(np.isfinite(lo) & np.isfinite(hi)) or not np.all(lo < hi):
-        raise ValueError(f"clip range needs finite lower < upper (numbers, or one per channel); got {lower}, {upper}")
-    return _clip(tuple(lo.tolist()) if lo.ndim else float(lo), tuple(hi.tolist()) if hi.ndim else float(hi))
+    if lo.shape != hi.shape or not np.all(np.isfinite(lo) & np.isfinite(hi)) or not np.all(lo <= hi):
+        raise ValueError(f"clip range needs finite lower <= upper of one shape; got {lower}, {upper}")
+    return _clip(lo.shape, lo.tobytes(), hi.tobytes())
 
 
 def yosinski(

@@ -713,6 +713,7 @@ def _run(model, params, content, styles, *, key, steps, initial_steps, image_siz
     opt = make_optimizer(optimizer, learning_rate, bool(clip), iterate_average_decay)
     carries_adam = isinstance(optimizer, str) and optimizer == "adam"
 
+    frozen = model.frozen(params)  # the backward kernels once for all scales
     images = None
     opt_state = None
     all_losses = []
@@ -729,7 +730,7 @@ def _run(model, params, content, styles, *, key, steps, initial_steps, image_siz
         if opt_state is not None and carries_adam:
             state = _carry_state(opt_state, engine.vmap_optimizer_state(opt, raw0), hw)
         t = int(initial_steps) if (si == 0 and initial_steps is not None) else int(steps)
-        res = engine.optimize(_loss, params, raw0, opt, steps=t, key=k_run, param=pix, targets=prob.targets, static=prob.static,
+        res = engine.optimize(_loss, frozen, raw0, opt, steps=t, key=k_run, param=pix, targets=prob.targets, static=prob.static,
                               opt_state=state, step0=step0, callback=callback, loop=loop)
         step0 += t
         all_losses.append(res.losses)

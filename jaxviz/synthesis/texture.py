@@ -135,7 +135,7 @@ def synthesize(
     static = (model, layers, convention, pool, layer_weights)
     return engine.optimize(
         _texture_loss,
-        params,
+        model.frozen(params),
         raw0,
         default_optimizer() if optimizer is None else optimizer,
         steps=steps,

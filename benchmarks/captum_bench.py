@@ -89,14 +89,18 @@ def build(args):
     from torch_ref import random_torch_model
     from weights_conversion.convert import convert_state_dict
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     net = random_torch_model("vgg16", seed=0)
     for m in net.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = False  # captum's guided backprop hooks need out-of-place ReLUs
     params = jax.device_put(jax.tree.map(jnp.asarray, convert_state_dict(net.state_dict(), "vgg16")))
+    net = net.to(device)
     model = models.get("vgg16")
-    mean = torch.tensor(model.mean).reshape(1, 3, 1, 1)
-    std = torch.tensor(model.std).reshape(1, 3, 1, 1)
+    if args.frozen:  # what a user calling many attributions on the same weights can pass (Model.frozen)
+        params = model.frozen(params)
+    mean = torch.tensor(model.mean, device=device).reshape(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=device).reshape(1, 3, 1, 1)
 
     class Normalized(torch.nn.Module):
         def __init__(self, softmax=False):
@@ -139,14 +143,26 @@ def build(args):
                 model, params, x, t, size=patch, stride=stride, fill="zeros", batch_size=occ),
         }
 
-    return torch, net, jax_methods, captum_methods
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def synced(fn):
+        def run(x, t):
+            out = fn(x, t)
+            sync()  # CUDA runs asynchronously: time the finished work
+            return out
+        return run
+
+    def captum_methods_synced(size):
+        return {name: synced(fn) for name, fn in captum_methods(size).items()}
+
+    return torch, net, jax_methods, captum_methods_synced, device
 
 
 def compare(method, ours, theirs, size, args):
     """Largest difference relative to the largest magnitude (deterministic methods only)."""
     if method == "smoothgrad":
         return None  # different noise draws
-    theirs = theirs.detach().numpy()
+    theirs = theirs.detach().cpu().numpy()
     if theirs.ndim == 4:
         theirs = theirs.transpose(0, 2, 3, 1)
     ours = np.asarray(ours)
@@ -169,6 +185,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=4, help="SmoothGrad samples")
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise (images have range ~1)")
     parser.add_argument("--steps", type=int, default=4, help="integrated-gradients steps")
+    parser.add_argument("--frozen", action="store_true",
+                        help="pass jaxviz model.frozen(params) (backward kernels computed once, outside the timing)")
     parser.add_argument("--occlusion-batch", type=int, default=16, help="patch positions per model call")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -180,14 +198,14 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
 
-    torch, net, jax_methods, captum_methods = build(args)
+    torch, net, jax_methods, captum_methods, device = build(args)
     import captum
 
     print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}, {os.cpu_count()} CPUs, "
           f"load average at start {os.getloadavg()[0]:.1f}")
     print(f"# jax {jax.__version__} ({jax.default_backend()}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), captum {captum.__version__}")
-    print(f"# VGG16 random weights, float32; median of {args.repeats} alternating calls after a warm-up; SmoothGrad {args.samples} "
+          f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads), captum {captum.__version__}")
+    print(f"# VGG16 random weights, float32; median of {args.repeats} alternating calls after a warm-up; {'frozen params; ' if args.frozen else ''}SmoothGrad {args.samples} "
           f"samples, IG {args.steps} steps, occlusion patch = stride = size/4 ({args.occlusion_batch} per call)")
     print(f"{'method':<21} {'size':>4} {'batch':>5} {'jaxviz s':>9} {'captum s':>9} {'speed-up':>8}  rel. diff")
     rng = np.random.default_rng(0)
@@ -196,7 +214,7 @@ def main(argv=None):
         x = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
         target = rng.integers(0, 1000, batch)
         xj, tj = jax.device_put(x), jax.device_put(target.astype(np.int32))
-        xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), target.tolist()
+        xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device), target.tolist()
         for method in methods:
             ours, theirs = ours_all[method], theirs_all[method]
             t_jax, t_captum = median_times([lambda: jax.block_until_ready(ours(xj, tj)), lambda: theirs(xt, tt)],

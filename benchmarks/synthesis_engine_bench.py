@@ -9,9 +9,11 @@ step (`loop="python"`) and with one jitted `lax.scan` (`loop="scan"`), with `mod
 as the techniques pass them (and, for comparison, the plain params); PyTorch: the same math in
 eager mode (`torch.fft.irfftn`, `F.pad`, random crops, `affine_grid` + `grid_sample` for scale and
 rotation, `torchvision.models.vgg16().features[:23]`, `torch.optim.Adam`). Steps per second =
-steps / wall time after one warm-up run (compilation excluded); "jax/torch" > 1 means JAX is faster.
+steps / wall time of a run, after one warm-up run (compilation excluded); `--rounds` runs of every
+column, interleaved, and the median of each (jax/torch: the median of the per-round ratios; > 1 means
+JAX is faster).
 
-    python benchmarks/synthesis_engine_bench.py                       # 128 px, batch 1, 20 steps
+    python benchmarks/synthesis_engine_bench.py                       # 128 px, batch 1, 3 rounds of 20 steps
     python benchmarks/synthesis_engine_bench.py --sizes 128,224 --batch 1 --steps 10
     python benchmarks/synthesis_engine_bench.py --sizes 128 --steps 20 --no-scan --lucent   # + torch-lucent
 
@@ -50,19 +52,28 @@ def channel_loss(model, params, targets, images, key, step):
     return -jnp.take_along_axis(acts.mean(axis=(1, 2)), targets[:, None], axis=1)[:, 0]
 
 
-def jax_run(model, params, size, batch, steps, loop, frozen=True):
-    """Steps/s of `optimize` (as `features.render` runs it: with `model.frozen(params)`, computed
-    inside the timed region, once per run; `frozen=False`: the plain params)."""
+def jax_timer(model, params, size, batch, steps, loop, frozen=True):
+    """A function returning the steps/s of one run of `optimize` for `steps` steps (as
+    `features.render` runs it: `model.frozen(params)` computed inside the timed region, once per run;
+    `frozen=False`: the plain params). Compiled (one warm-up run) before it is returned."""
     p = P.FFT((size, size, 3))
     raw0 = p.init(jax.random.key(0), batch)
     targets = jnp.arange(batch, dtype=jnp.int32)
     kw = dict(steps=steps, key=jax.random.key(1), param=p, targets=targets, transforms=TRANSFORMS, static=model, loop=loop)
     prepare = model.frozen if frozen else (lambda q: q)
-    optimize(channel_loss, prepare(params), raw0, ADAM, **kw).images.block_until_ready()  # warm-up / compile
-    t0 = time.perf_counter()
-    res = optimize(channel_loss, prepare(params), raw0, ADAM, **kw)
-    res.images.block_until_ready()
-    return steps / (time.perf_counter() - t0), res
+
+    def run():
+        t0 = time.perf_counter()
+        optimize(channel_loss, prepare(params), raw0, ADAM, **kw).images.block_until_ready()
+        return steps / (time.perf_counter() - t0)
+
+    run()  # warm-up / compile
+    return run
+
+
+def jax_run(model, params, size, batch, steps, loop, frozen=True):
+    """Steps/s of one timed run after a warm-up run (see `jax_timer`)."""
+    return jax_timer(model, params, size, batch, steps, loop, frozen)()
 
 
 def torch_step_fn(torch, net, size, batch, device):
@@ -134,7 +145,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="128")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed run")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each column, interleaved")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-scan", action="store_true")
     parser.add_argument("--lucent", action="store_true",
@@ -169,26 +181,41 @@ def main(argv=None):
     if torch is not None:
         print(f"; torch {torch.__version__} on {device} ({torch.get_num_threads()} threads)", end="")
     print(f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"# {args.rounds} rounds; in each, one run of every column in turn; the median of each column's steps/s and of "
+          "the per-round jax/torch ratio (the machine's speed drifts between rounds)")
     print("# jax python / scan: Model.frozen params (as the techniques run); plain: the same loop with the plain params")
     print(f"{'size':>5} {'jax python steps/s':>19} {'plain params':>12} {'jax scan steps/s':>17} {'torch steps/s':>14} "
           f"{'jax/torch':>9} {'scan/python':>11}")
     for size in [int(s) for s in args.sizes.split(",")]:
-        py, _ = jax_run(model, params, size, args.batch, args.steps, "python")
-        plain, _ = jax_run(model, params, size, args.batch, args.steps, "python", frozen=False)
-        sc = float("nan") if args.no_scan else jax_run(model, params, size, args.batch, args.steps, "scan")[0]
-        line = f"{size:>5} {py:>19.2f} {plain:>12.2f} {sc:>17.2f}"
+        timers = {"python": jax_timer(model, params, size, args.batch, args.steps, "python"),
+                  "plain": jax_timer(model, params, size, args.batch, args.steps, "python", frozen=False)}
+        if not args.no_scan:
+            timers["scan"] = jax_timer(model, params, size, args.batch, args.steps, "scan")
         if torch is not None:
             step = torch_step_fn(torch, net, size, args.batch, device)
             step()  # warm-up
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            sync()
-            ts = args.steps / (time.perf_counter() - t0)
-            best = max(py, sc) if not math.isnan(sc) else py
-            line += f" {ts:>14.2f} {best / ts:>9.2f}"
+
+            def torch_run():
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                sync()
+                return args.steps / (time.perf_counter() - t0)
+
+            timers["torch"] = torch_run
+        rates = {k: [] for k in timers}
+        for _ in range(args.rounds):
+            for k, run in timers.items():
+                rates[k].append(run())
+        med = {k: float(np.median(v)) for k, v in rates.items()}
+        py, plain, sc = med["python"], med["plain"], med.get("scan", float("nan"))
+        line = f"{size:>5} {py:>19.2f} {plain:>12.2f} {sc:>17.2f}"
+        if torch is not None:
+            best = [max(a, b) for a, b in zip(rates["python"], rates["scan"])] if "scan" in rates else rates["python"]
+            ratio = float(np.median([b / t for b, t in zip(best, rates["torch"])]))
+            line += f" {med['torch']:>14.2f} {ratio:>9.2f}"
         else:
             line += f" {'-':>14} {'-':>9}"
         line += f" {sc / py:>11.2f}"

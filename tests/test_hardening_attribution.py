@@ -87,6 +87,20 @@ def test_traced_bad_values_give_nan_for_that_image_only(tiny, name):
         np.testing.assert_array_equal(out[1 - bad], ref[1 - bad])
 
 
+def test_frozen_params_give_the_same_results(tiny):
+    """`model.frozen(params)` (precomputed backward kernels, as the synthesis techniques use) may be
+    passed to the attribution techniques: the same results as the plain params."""
+    model, params, x = tiny
+    frozen = model.frozen(params)
+    assert all("kernel_t" in frozen[name] for name in ("conv1_1", "conv2_1", "conv3_1"))
+    # One technique per way of taking gradients: plain, swapped ReLU (custom VJP), through a layer
+    # perturbation, chunked with noise, chunked along a path.
+    for name in ("input_gradients", "deconvnet", "gradcam", "smoothgrad", "ig_delta"):
+        f = TECHNIQUES[name]
+        np.testing.assert_allclose(np.asarray(f(model, frozen, x, jnp.asarray([3, 4]))),
+                                   np.asarray(f(model, params, x, jnp.asarray([3, 4]))), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
 @pytest.mark.parametrize("name", ["saliency", "occlusion", "smoothgrad"])
 def test_vmap_over_classes_past_the_last(tiny, name):
     """`jit(vmap(technique))(arange(12))` on a 10-class network: rows 10 and 11 are NaN, not row 9."""

@@ -220,8 +220,10 @@ def test_remat_lowers_peak_memory_and_bf16_is_close(vgg11):
         out[name] = (compiled.memory_analysis().temp_size_in_bytes, *compiled(x, params, prob.targets))
     (mem_p, v_p, g_p), (mem_r, v_r, g_r), (_, v_b, g_b) = out["plain"], out["remat"], out["bf16"]
     print("temp bytes plain", mem_p, "remat", mem_r)
-    # Measured (VGG11, 96 px): remat temporaries well below plain.
-    assert mem_r < 0.9 * mem_p, (mem_p, mem_r)
+    # Remat must lower XLA's temporaries. Measured (jax 0.10.2, CPU): VGG11 at 96 px 44.7 against
+    # 47.2 MB (0.95; it was 0.79 before the max-pool derivative stopped using int32 cumsums, which
+    # lowered the plain figure); VGG19 at 512 px 575 against 643 MiB (benchmarks/README.md).
+    assert mem_r < mem_p, (mem_p, mem_r)
     np.testing.assert_allclose(float(v_r), float(v_p), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(g_r), np.asarray(g_p), rtol=1e-4, atol=1e-6 * float(jnp.abs(g_p).max()))
     # bf16 network: loss within 5 %, gradient direction cosine > 0.95 (measured below).

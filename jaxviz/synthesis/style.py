@@ -64,8 +64,8 @@ Style + DeepDream (`dream_layers=`): fast-neural-style's `slow_neural_style` Dee
 High resolution: `remat=True` runs the network in blocks (the layers up to each pooling layer)
 under a custom-VJP checkpoint, so the backward pass keeps only the block boundaries and recomputes
 one block at a time (XLA's memory analysis of value_and_grad of the neural-style loss, VGG19 to
-relu5_1, CPU, benchmarks/style_bench.py: 128 / 256 / 512 px temporaries 105 / 263 / 898 MiB
-without, 76 / 153 / 543 MiB with remat, 122 / 185 / 455 MiB with remat + bf16);
+relu5_1, CPU, jax 0.10.2, benchmarks/style_bench.py: 128 / 256 / 512 px temporaries 89 / 200 /
+643 MiB without, 76 / 155 / 575 MiB with remat, 122 / 182 / 427 MiB with remat + bf16);
 `dtype=jnp.bfloat16` runs the network in bfloat16 (the losses in float32; the bf16 copies of the
 weights make it cost more than it saves below ~256 px). Remat needs a model whose ReLUs can be swapped and are called in layer order
 (VGG, AlexNet); others get a clear error.

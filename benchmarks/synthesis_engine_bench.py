@@ -71,11 +71,6 @@ def jax_timer(model, params, size, batch, steps, loop, frozen=True):
     return run
 
 
-def jax_run(model, params, size, batch, steps, loop, frozen=True):
-    """Steps/s of one timed run after a warm-up run (see `jax_timer`)."""
-    return jax_timer(model, params, size, batch, steps, loop, frozen)()
-
-
 def torch_step_fn(torch, net, size, batch, device):
     import torch.nn.functional as F
 

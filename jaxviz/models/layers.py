@@ -60,11 +60,16 @@ def _conv_frozen_bwd(pads, res, g):
 _conv_frozen.defvjp(_conv_frozen_fwd, _conv_frozen_bwd, symbolic_zeros=True)
 
 
+def _pads_channels(kernel_shape, stride) -> bool:
+    """Whether `conv2d` pads the input channels to 4 (stride 1, 1-3 channels, a kernel of 7x7 or more)."""
+    kh, kw, cin, _ = kernel_shape
+    return tuple(stride) == (1, 1) and cin < 4 and min(kh, kw) >= 7
+
+
 def frozen_kernel_applies(kernel_shape, stride) -> bool:
     """Whether `conv2d` uses a precomputed backward kernel for a kernel of this shape and stride
     (stride 1, and not the channel-padded large-kernel case)."""
-    kh, kw, cin, _ = kernel_shape
-    return tuple(stride) == (1, 1) and not (cin < 4 and min(kh, kw) >= 7)
+    return tuple(stride) == (1, 1) and not _pads_channels(kernel_shape, stride)
 
 
 def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None):
@@ -98,7 +103,7 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None):
     kernel = jnp.asarray(kernel, x.dtype)
     kh, kw, cin, _ = kernel.shape
     frozen = kernel_t is not None and frozen_kernel_applies(kernel.shape, stride)
-    if tuple(stride) == (1, 1) and cin < 4 and min(kh, kw) >= 7:
+    if _pads_channels(kernel.shape, stride):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 4 - cin)))
         kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 4 - cin), (0, 0)))
     pads = ((padding[0], padding[0]), (padding[1], padding[1]))

@@ -12,6 +12,7 @@ after one warm-up call.
 
     python benchmarks/faststyle_bench.py                      # 256 and 1024 px inference, 256 px training
     python benchmarks/faststyle_bench.py --sizes 256 --repeats 3 --train-batch 4
+    python benchmarks/faststyle_bench.py --sizes '' --kernel-grads auto,xla --rounds 3   # training only
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from jaxviz import faststyle, models  # noqa: E402
+from jaxviz import faststyle  # noqa: E402
 from jaxviz.faststyle.train import DEFAULT_OPTIMIZER, train_step  # noqa: E402
 from weights_conversion.convert import convert_state_dict as convert_vgg  # noqa: E402
 from weights_conversion.fast_style import convert_state_dict  # noqa: E402
@@ -71,6 +72,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--kernel-grads", default="auto",
+                        help="TransformerNet(kernel_grad=...) values to time in training, e.g. 'auto,xla'")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="training: alternate the variants and torch this many times (medians reported)")
     args = parser.parse_args(argv)
 
     import torch
@@ -110,7 +115,6 @@ def main(argv=None):
 
     if not args.no_train:
         b, s = args.train_batch, args.train_size
-        model = models.get("vgg16")
         vgg_params = jax.device_put(convert_vgg(
             {k: v.numpy() for k, v in tvgg.state_dict().items()}, "vgg16"))
         loss = faststyle.PYTORCH_EXAMPLES
@@ -118,14 +122,16 @@ def main(argv=None):
         targets = faststyle.style_targets(loss, vgg_params, [style])
         x = jnp.asarray(np.random.default_rng(2).random((b, s, s, 3)).astype(np.float32))
         w = jnp.ones((b, 1), jnp.float32)
-        state = {"p": params, "o": DEFAULT_OPTIMIZER.init(params)}
+        timers = {}
+        for kg in args.kernel_grads.split(","):
+            train_net = faststyle.TransformerNet(crop=False, kernel_grad=kg)
+            state = {"p": params, "o": DEFAULT_OPTIMIZER.init(params)}
 
-        def step_jax():
-            state["p"], state["o"], state["m"] = train_step(net, loss, DEFAULT_OPTIMIZER, state["p"], state["o"],
-                                                            vgg_params, targets, x, w)
+            def step_jax(train_net=train_net, state=state):
+                state["p"], state["o"], state["m"] = train_step(train_net, loss, DEFAULT_OPTIMIZER, state["p"],
+                                                                state["o"], vgg_params, targets, x, w)
 
-        tj = median_time(step_jax, lambda: jax.block_until_ready(state["m"]), args.repeats)
-        line = {"what": f"train step {s}px", "batch": b, "jax": 1 / tj}
+            timers[f"jax kernel_grad={kg}"] = (step_jax, lambda state=state: jax.block_until_ready(state["m"]))
         if not args.no_torch:
             features = tvgg.features[:23].to(device).eval().requires_grad_(False)
             taps = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"}
@@ -161,10 +167,21 @@ def main(argv=None):
                 (content + style_l).backward()
                 opt.step()
 
-            tt = median_time(step_torch, sync_t, args.repeats)
-            line.update(torch=1 / tt)
-        rows.append(line)
-        print(line, flush=True)
+            timers["torch"] = (step_torch, sync_t)
+        times = {name: [] for name in timers}
+        for r in range(args.rounds):
+            for name, (fn, sync) in timers.items():
+                times[name].append(median_time(fn, sync, args.repeats))
+            print(f"round {r + 1}: " + ", ".join(f"{n} {1 / t[-1]:.3f} steps/s" for n, t in times.items()), flush=True)
+        for name in timers:
+            if name == "torch":
+                continue
+            line = {"what": f"train step {s}px, {name[4:]}", "batch": b, "jax": 1 / statistics.median(times[name])}
+            if "torch" in times:
+                line.update(torch=1 / statistics.median(times["torch"]),
+                            ratios=[round(tt / tj, 3) for tj, tt in zip(times[name], times["torch"])])
+            rows.append(line)
+            print(line, flush=True)
 
     print("\n| measurement | batch | jax /s | torch /s | jax/torch |")
     print("|---|---:|---:|---:|---:|")

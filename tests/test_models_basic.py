@@ -245,3 +245,89 @@ def test_model_frozen_params_same_activations_and_input_gradients(arch):
             jax.grad(loss)(frozen, x)
     plain = models.Model("plain", model.layers, model.apply_fn)
     assert plain.frozen(params) is params
+
+
+@pytest.mark.parametrize("map_size", [(1, 1), (2, 2), (3, 5), (4, 7), (7, 7), (8, 8), (3, 9)])
+def test_pooled_linear_equals_pooling_then_linear(map_size):
+    """The classifier's first product with the adaptive pooling folded into its kernel (maps smaller
+    than the pooled grid) equals pooling then the product: values, input and kernel gradients, float64;
+    maps at or above the grid size in either axis are pooled first (`pooling_folds`)."""
+    out = (7, 6)
+    rng = np.random.default_rng(sum(map_size))
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(3, *map_size, 4)))
+        kernel = jnp.asarray(rng.normal(size=(out[0] * out[1] * 4, 5)))
+        bias = jnp.asarray(rng.normal(size=5))
+        cot = jnp.asarray(rng.normal(size=(3, 5)))
+
+        def reference(x, kernel):
+            return layers.linear(layers.adaptive_avg_pool(x, out).reshape(3, -1), kernel, bias)
+
+        def folded(x, kernel):
+            return layers.pooled_linear(x, kernel, bias, out)
+
+        np.testing.assert_allclose(folded(x, kernel), reference(x, kernel), rtol=1e-12, atol=1e-12)
+        grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cot), argnums=(0, 1))(x, kernel) for f in (folded, reference)]
+        for ours, ref in zip(*grads):
+            np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    folds = map_size[0] <= out[0] and map_size[1] <= out[1] and map_size != out
+    assert layers.pooling_folds(map_size, out) == folds
+
+
+def test_classifier_folds_pooling_unless_the_pooled_map_is_perturbed():
+    """VGG below 224 px folds its adaptive pooling into fc6 (logits equal the pooled computation);
+    a perturbation of the pooled map is still added before fc6."""
+    model = models.get("vgg11")
+    params = model.init(jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 64, 64, 3)), jnp.float32)
+    acts = model.apply(params, x)
+    manual = layers.linear(acts["avgpool"].reshape(2, -1), **params["fc6"])
+    np.testing.assert_allclose(acts["fc6"], manual, rtol=1e-4, atol=1e-4 * float(jnp.abs(manual).max()))
+    delta = jnp.asarray(np.random.default_rng(1).normal(size=acts["avgpool"].shape), jnp.float32)
+    perturbed = model.apply(params, x, perturb={"avgpool": delta}, until="fc6")
+    manual = layers.linear((acts["avgpool"] + delta).reshape(2, -1), **params["fc6"])
+    np.testing.assert_allclose(perturbed["fc6"], manual, rtol=1e-4, atol=1e-4 * float(jnp.abs(manual).max()))
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [((2, 9, 11, 16), (3, 3, 16, 24), (1, 1), (1, 1)),  # SAME-like, odd non-square
+     ((2, 10, 9, 16), (3, 3, 16, 16), (2, 2), (0, 0)),  # strided VALID (the extra zero row/column path)
+     ((1, 8, 8, 32), (3, 3, 32, 16), (1, 1), (0, 0)),
+     ((2, 7, 6, 16), (1, 3, 16, 20), (1, 2), (0, 1)),  # rectangular kernel, mixed stride
+     ((1, 12, 12, 3), (9, 9, 3, 16), (1, 1), (0, 0))],  # not applicable: XLA's derivative is kept
+)
+def test_conv2d_shifted_kernel_gradient_equals_autodiff(shape, kernel, stride, padding):
+    """`kernel_grad="shifts"` (one product per kernel tap) against autodiff's convolution in float64:
+    values, input gradient and kernel gradient, also under jit and vmap."""
+    rng = np.random.default_rng(sum(shape) + sum(kernel))
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=shape))
+        k = jnp.asarray(rng.normal(size=kernel))
+        b = jnp.asarray(rng.normal(size=kernel[-1]))
+
+        def loss(mode):
+            return lambda x, k: jnp.sum(jnp.sin(layers.conv2d(x, k, b, stride=stride, padding=padding, kernel_grad=mode)))
+
+        ref = jax.value_and_grad(loss("xla"), argnums=(0, 1))(x, k)
+        ours = jax.jit(jax.value_and_grad(loss("shifts"), argnums=(0, 1)))(x, k)
+        np.testing.assert_allclose(ours[0], ref[0], rtol=1e-12)
+        for a, r in zip(ours[1], ref[1]):
+            np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * float(jnp.abs(r).max()))
+        ks = jnp.stack([k, 2 * k])
+        batched = jax.vmap(jax.grad(loss("shifts"), argnums=1), in_axes=(None, 0))(x, ks)
+        for i in range(2):
+            r = jax.grad(loss("xla"), argnums=1)(x, ks[i])
+            np.testing.assert_allclose(batched[i], r, rtol=1e-10, atol=1e-10 * float(jnp.abs(r).max()))
+        applies = layers.shifted_kernel_grad_applies(kernel)
+        jaxpr = str(jax.make_jaxpr(loss("shifts"))(x, k))
+        assert ("custom_vjp_call" in jaxpr) == applies
+        # "auto" is "shifts" on the CPU backend and XLA's own derivative elsewhere.
+        auto = str(jax.make_jaxpr(loss("auto"))(x, k))
+        assert ("custom_vjp_call" in auto) == (applies and jax.default_backend() == "cpu")
+
+
+def test_conv2d_kernel_grad_option_is_checked():
+    x, k, b = jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 16)), jnp.zeros(16)
+    with pytest.raises(ValueError, match="kernel_grad must be one of"):
+        layers.conv2d(x, k, b, kernel_grad="cudnn")

@@ -91,6 +91,7 @@ class ReflectConv(nn.Module):
     features: int
     kernel_size: int
     stride: int = 1
+    kernel_grad: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -101,7 +102,7 @@ class ReflectConv(nn.Module):
         p = k // 2
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
         # The library's convolution: its CPU fast-path rewrites (models.layers.conv2d) apply here.
-        return layers.conv2d(x, kernel, bias, stride=(self.stride, self.stride))
+        return layers.conv2d(x, kernel, bias, stride=(self.stride, self.stride), kernel_grad=self.kernel_grad)
 
 
 class TransposedConv(nn.Module):
@@ -154,13 +155,14 @@ class InstanceNorm(nn.Module):
 
 class ResidualBlock(nn.Module):
     num_styles: Optional[int] = None
+    kernel_grad: str = "auto"
 
     @nn.compact
     def __call__(self, x, style=None):
         c = x.shape[-1]
-        y = ReflectConv(c, 3, name="conv1")(x)
+        y = ReflectConv(c, 3, kernel_grad=self.kernel_grad, name="conv1")(x)
         y = nn.relu(InstanceNorm(self.num_styles, name="in1")(y, style))
-        y = ReflectConv(c, 3, name="conv2")(y)
+        y = ReflectConv(c, 3, kernel_grad=self.kernel_grad, name="conv2")(y)
         y = InstanceNorm(self.num_styles, name="in2")(y, style)
         return x + y
 
@@ -179,6 +181,9 @@ class TransformerNet(nn.Module):
       crop: crop the `4 ceil(H/4)` output back to the input size (default), see the module docstring.
       channels: widths of the three downsampling convs (pytorch/examples: 32, 64, 128).
       num_residual: residual blocks (5).
+      kernel_grad: how training differentiates the convolutions with respect to their kernels
+        (`models.layers.conv2d`): `"auto"` (default: shifted products on CPU, XLA's elsewhere), `"xla"`
+        or `"shifts"`. Outputs and input gradients do not depend on it.
 
     Call: `net.apply({"params": params}, images, style)` with `images [N, H, W, 3]` in [0, 1] and
     `style [N, S]` (conditional only; validated by `jaxviz.faststyle.stylize`, not here). Returns
@@ -190,11 +195,15 @@ class TransformerNet(nn.Module):
     crop: bool = True
     channels: tuple[int, int, int] = (32, 64, 128)
     num_residual: int = 5
+    kernel_grad: str = "auto"
 
     @nn.compact
     def __call__(self, images, style=None):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
+        if self.kernel_grad not in layers.KERNEL_GRADS:
+            raise ValueError(f"kernel_grad must be one of {layers.KERNEL_GRADS}; got {self.kernel_grad!r}")
+        kg = self.kernel_grad
         n, h, w, _ = images.shape
         dtype = images.dtype
         S = self.num_styles
@@ -203,20 +212,20 @@ class TransformerNet(nn.Module):
             x = images * jnp.asarray(255.0, dtype)
         else:
             x = images * jnp.asarray(255.0, dtype) - _channels(JOHNSON_MEAN, images)
-        x = nn.relu(InstanceNorm(S, name="in1")(ReflectConv(c1, 9, name="conv1")(x), style))
-        x = nn.relu(InstanceNorm(S, name="in2")(ReflectConv(c2, 3, 2, name="conv2")(x), style))
-        x = nn.relu(InstanceNorm(S, name="in3")(ReflectConv(c3, 3, 2, name="conv3")(x), style))
+        x = nn.relu(InstanceNorm(S, name="in1")(ReflectConv(c1, 9, kernel_grad=kg, name="conv1")(x), style))
+        x = nn.relu(InstanceNorm(S, name="in2")(ReflectConv(c2, 3, 2, kernel_grad=kg, name="conv2")(x), style))
+        x = nn.relu(InstanceNorm(S, name="in3")(ReflectConv(c3, 3, 2, kernel_grad=kg, name="conv3")(x), style))
         for i in range(self.num_residual):
-            x = ResidualBlock(S, name=f"res{i + 1}")(x, style)
+            x = ResidualBlock(S, kernel_grad=kg, name=f"res{i + 1}")(x, style)
         if self.variant == "pytorch":
-            x = ReflectConv(c2, 3, name="deconv1")(_upsample_nearest(x))
+            x = ReflectConv(c2, 3, kernel_grad=kg, name="deconv1")(_upsample_nearest(x))
             x = nn.relu(InstanceNorm(S, name="in4")(x, style))
-            x = ReflectConv(c1, 3, name="deconv2")(_upsample_nearest(x))
+            x = ReflectConv(c1, 3, kernel_grad=kg, name="deconv2")(_upsample_nearest(x))
             x = nn.relu(InstanceNorm(S, name="in5")(x, style))
         else:
             x = nn.relu(InstanceNorm(S, name="in4")(TransposedConv(c2, name="deconv1")(x), style))
             x = nn.relu(InstanceNorm(S, name="in5")(TransposedConv(c1, name="deconv2")(x), style))
-        y = ReflectConv(3, 9, name="deconv3")(x)
+        y = ReflectConv(3, 9, kernel_grad=kg, name="deconv3")(x)
         if self.variant == "pytorch":
             out = y / jnp.asarray(255.0, dtype)
         else:

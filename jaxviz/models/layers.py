@@ -60,6 +60,57 @@ def _conv_frozen_bwd(pads, res, g):
 _conv_frozen.defvjp(_conv_frozen_fwd, _conv_frozen_bwd, symbolic_zeros=True)
 
 
+KERNEL_GRADS = ("xla", "shifts", "auto")
+
+
+def shifted_kernel_grad_applies(kernel_shape) -> bool:
+    """Whether `conv2d(kernel_grad="shifts")` computes this kernel's derivative as shifted products:
+    kernels of at most 9 taps between 16 or more channels (the 3x3 layers of a transformation network;
+    measured slower than XLA's own for 9x9 kernels with 3 channels on either side)."""
+    kh, kw, cin, cout = kernel_shape
+    return kh * kw <= 9 and cin >= 16 and cout >= 16
+
+
+def _contract_rows(a, b, chunks: int = 16):
+    """`a.T @ b` for `a: [K, M]`, `b: [K, N]` with large `K`: `K` split into `chunks` batched products,
+    then summed (XLA CPU, K = 65536, M = 128, N = 64: 14 against 18 ms for the plain product)."""
+    k = a.shape[0]
+    while k % chunks:
+        chunks //= 2
+    return jnp.einsum("bkm,bkn->bmn", a.reshape(chunks, k // chunks, -1), b.reshape(chunks, k // chunks, -1)).sum(0)
+
+
+def _window_shift(xp, dy, dx, stride, out_hw):
+    """The input values that kernel tap `(dy, dx)` meets at each output position: `[N, ho, wo, C]`."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    end = (xp.shape[0], dy + sh * (ho - 1) + 1, dx + sw * (wo - 1) + 1, xp.shape[3])
+    return lax.slice(xp, (0, dy, dx, 0), end, (1, sh, sw, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_shifts(x, kernel, stride, pads):
+    return _conv(x, kernel, stride, pads)
+
+
+def _conv_shifts_fwd(x, kernel, stride, pads):
+    return _conv(x, kernel, stride, pads), (x, kernel)
+
+
+def _conv_shifts_bwd(stride, pads, res, g):
+    x, kernel = res
+    (dx,) = jax.vjp(lambda v: _conv(v, kernel, stride, pads), x)[1](g)
+    kh, kw, cin, cout = kernel.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    flat_g = g.reshape(-1, cout)
+    # d kernel[dy, dx] = sum over batch and output positions of (input under tap (dy, dx)) x g.
+    taps = [_contract_rows(_window_shift(xp, i, j, stride, g.shape[1:3]).reshape(-1, cin), flat_g)
+            for i in range(kh) for j in range(kw)]
+    return dx, jnp.stack(taps).reshape(kernel.shape)
+
+
+_conv_shifts.defvjp(_conv_shifts_fwd, _conv_shifts_bwd)
+
+
 def _pads_channels(kernel_shape, stride) -> bool:
     """Whether `conv2d` pads the input channels to 4 (stride 1, 1-3 channels, a kernel of 7x7 or more)."""
     kh, kw, cin, _ = kernel_shape
@@ -72,7 +123,7 @@ def frozen_kernel_applies(kernel_shape, stride) -> bool:
     return tuple(stride) == (1, 1) and not _pads_channels(kernel_shape, stride)
 
 
-def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None):
+def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, kernel_grad="xla"):
     """2-D convolution (cross-correlation, like torch) with zero padding.
 
     Args:
@@ -85,6 +136,14 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None):
         of flipping and transposing `kernel` at every call (XLA's CPU backend spends 14% of a VGG16
         input gradient at 128 px on those copies); values and input gradients are identical, and
         differentiating with respect to the kernel is refused. Ignored elsewhere.
+      kernel_grad: how the derivative with respect to `kernel` is computed (training): `"xla"`,
+        autodiff's convolution; `"shifts"`, one matrix product per kernel tap between the input
+        values under that tap and the output gradient (where `shifted_kernel_grad_applies`; the
+        others stay `"xla"`); `"auto"`, `"shifts"` on the CPU backend and `"xla"` elsewhere. On this
+        library's 2-core CPU XLA's kernel gradient of a 3x3 convolution ran 2-3x slower than its
+        forward pass (e.g. 128 px, 128 -> 64 channels, batch 4: 583 ms; as shifted products 290 ms;
+        torch's 67 ms), see benchmarks/README.md. Values and input gradients are unchanged; kernel
+        gradients agree to float rounding. `"shifts"` has no forward-mode (`jax.jvp`) rule.
 
     Returns:
       `[N, H', W', C_out]` with `H' = (H + 2 ph - kh) // sh + 1`.
@@ -100,9 +159,14 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None):
       gradient); smaller kernels and strided ones (VGG's and AlexNet's first layers) were measured not
       to gain and are left alone.
     """
+    if kernel_grad not in KERNEL_GRADS:
+        raise ValueError(f"kernel_grad must be one of {KERNEL_GRADS}; got {kernel_grad!r}")
     kernel = jnp.asarray(kernel, x.dtype)
     kh, kw, cin, _ = kernel.shape
     frozen = kernel_t is not None and frozen_kernel_applies(kernel.shape, stride)
+    if kernel_grad == "auto":
+        kernel_grad = "shifts" if jax.default_backend() == "cpu" else "xla"
+    shifts = kernel_grad == "shifts" and not frozen and shifted_kernel_grad_applies(kernel.shape)
     if _pads_channels(kernel.shape, stride):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 4 - cin)))
         kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 4 - cin), (0, 0)))
@@ -112,6 +176,8 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None):
         pads = ((0, 1), (0, 1))
     if frozen:
         y = _conv_frozen(x, kernel, jnp.asarray(kernel_t, x.dtype), pads)
+    elif shifts:
+        y = _conv_shifts(x, kernel, tuple(stride), pads)
     else:
         y = _conv(x, kernel, tuple(stride), pads)
     if valid:
@@ -246,6 +312,33 @@ def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
         end = -((-(i + 1) * n_in) // n_out)
         m[i, start:end] = 1.0 / (end - start)
     return m
+
+
+def pooling_folds(map_size, output_size) -> bool:
+    """Whether `pooled_linear` folds adaptive pooling of a `map_size` map into the kernel: when the map
+    has fewer cells than the pooled grid (VGG below 224 px, AlexNet below about 220 px)."""
+    (h, w), (oh, ow) = tuple(map_size), tuple(output_size)
+    return h <= oh and w <= ow and h * w < oh * ow
+
+
+def pooled_linear(x, kernel, bias, output_size):
+    """`linear(adaptive_avg_pool(x, output_size) flattened, kernel, bias)` for `x: [N, h, w, C]` and
+    `kernel: [oh * ow * C, D_out]` (rows in (oh, ow, C) order), with the pooling folded into the kernel.
+
+    Pooling and the product are linear, so `pool(x) @ K == x @ (P^T K)` with `P` the `[oh*ow, h*w]`
+    pooling matrix; when the map is smaller than the pooled grid (`pooling_folds`) the folded kernel
+    has `h*w/(oh*ow)` of the rows: the backward pass of an input gradient then reads that small kernel
+    instead of the whole one (VGG16 at 64 px: fc6's 411 MB once instead of twice). Equal up to float
+    rounding (the sums are taken in another order); other sizes pool first.
+    """
+    n, h, w, c = x.shape
+    oh, ow = output_size
+    if not pooling_folds((h, w), output_size):
+        return linear(adaptive_avg_pool(x, output_size).reshape(n, -1), kernel, bias)
+    m = np.einsum("ph,qw->hwpq", adaptive_pool_matrix(h, oh), adaptive_pool_matrix(w, ow))
+    kernel = jnp.asarray(kernel, x.dtype)
+    folded = jnp.asarray(m.reshape(h * w, oh * ow), x.dtype) @ kernel.reshape(oh * ow, -1)
+    return linear(x.reshape(n, -1), folded.reshape(h * w * c, -1), bias)
 
 
 def adaptive_avg_pool(x, output_size):

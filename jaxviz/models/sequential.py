@@ -25,7 +25,9 @@ def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.
     """Run `specs` in order on preprocessed `x` `[N, H, W, C]`; see `Model.apply`."""
     acts = {}
     perturb = perturb or {}
+    fold = None  # (map, output_size) of an adaptive pool that the next fc layer can fold in
     for spec in specs:
+        unpooled, fold = fold, None
         if spec.kind == "conv":
             x = L.conv2d(x, **params[spec.name], stride=spec.stride, padding=spec.padding)
         elif spec.kind == "bn":
@@ -36,11 +38,17 @@ def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.
             pool_fn = L.max_pool if pool == "max" else L.avg_pool
             x = pool_fn(x, spec.kernel, spec.stride)
         elif spec.kind == "adaptive_avgpool":
+            if spec.name not in perturb and L.pooling_folds(x.shape[1:3], spec.output_size):
+                fold = (x, spec.output_size)
             x = L.adaptive_avg_pool(x, spec.output_size)
         elif spec.kind == "fc":
-            if x.ndim == 4:
-                x = x.reshape(x.shape[0], -1)
-            x = L.linear(x, **params[spec.name])
+            if unpooled is not None:
+                # The pooled map itself stays in `acts` (unused values cost nothing under jit).
+                x = L.pooled_linear(unpooled[0], **params[spec.name], output_size=unpooled[1])
+            else:
+                if x.ndim == 4:
+                    x = x.reshape(x.shape[0], -1)
+                x = L.linear(x, **params[spec.name])
         else:
             raise ValueError(f"unknown layer kind {spec.kind!r} for layer {spec.name!r}")
         if spec.name in perturb:

@@ -341,14 +341,15 @@ def test_output_size_policy_and_johnson_variant():
 
 
 def test_kernel_gradient_options_agree():
-    """`TransformerNet(kernel_grad=...)`: the shifted-product kernel gradient (the CPU default) equals
-    XLA's own in float64 for every parameter of a small network (16-32 channels, so that the 3x3
-    layers take that path), the outputs are identical, and a bad value is refused."""
+    """`TransformerNet(kernel_grad=...)`: the shifted-product kernel gradient (`"auto"` on CPU) equals
+    XLA's own in float64 for every parameter of a small network (16 channels, so that the 3x3 layers
+    take that path), the outputs are identical, and a bad value is refused. (Which option `"auto"`
+    picks is tested in test_models_basic.py.)"""
     with jax.enable_x64(True):
-        nets = {kg: faststyle.TransformerNet(channels=(16, 16, 32), num_residual=1, kernel_grad=kg)
-                for kg in ("xla", "shifts", "auto")}
+        nets = {kg: faststyle.TransformerNet(channels=(16, 16, 16), num_residual=1, kernel_grad=kg)
+                for kg in ("xla", "shifts")}
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), nets["xla"].init_params(jax.random.key(0)))
-        x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 21, 18, 3)))
+        x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 13, 10, 3)))
 
         def loss(net):
             return lambda p: jnp.sum(jnp.sin(40 * net.apply({"params": p}, x)))
@@ -356,10 +357,10 @@ def test_kernel_gradient_options_agree():
         values, grads = {}, {}
         for kg, net in nets.items():
             values[kg], grads[kg] = jax.jit(jax.value_and_grad(loss(net)))(params)
-        for kg in ("shifts", "auto"):
-            assert values[kg] == values["xla"]
-            for path, a in jax.tree_util.tree_leaves_with_path(grads[kg]):
-                r = dict(jax.tree_util.tree_leaves_with_path(grads["xla"]))[path]
-                np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-9 * float(jnp.abs(r).max()), err_msg=str(path))
+        assert values["shifts"] == values["xla"]
+        reference = dict(jax.tree_util.tree_leaves_with_path(grads["xla"]))
+        for path, a in jax.tree_util.tree_leaves_with_path(grads["shifts"]):
+            r = reference[path]
+            np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-9 * float(jnp.abs(r).max()), err_msg=str(path))
     with pytest.raises(ValueError, match="kernel_grad must be one of"):
         faststyle.TransformerNet(kernel_grad="fast").init_params(jax.random.key(0))

@@ -9,6 +9,7 @@ Layout (pytorch/examples `fast_neural_style`, the default, `variant="pytorch"`):
     res1..res5: conv1 3x3 - in1 - relu - conv2 3x3 - in2, plus the block input (no ReLU after the sum)
     deconv1: nearest x2 upsampling, conv 3x3 128->64, in4 relu
     deconv2: nearest x2 upsampling, conv 3x3 64->32,  in5 relu
+             (both computed as four 2x2 convolutions of the low-resolution map: `UpsampleConv`)
     deconv3: conv 9x9 32->3, no output activation
 
 Parameter names follow pytorch/examples' state dict (`conv1.conv2d.weight` -> `params["conv1"]["kernel"]`,
@@ -167,8 +168,42 @@ class ResidualBlock(nn.Module):
         return x + y
 
 
-def _upsample_nearest(x, factor: int = 2):
-    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+class UpsampleConv(nn.Module):
+    """pytorch/examples' `UpsampleConvLayer`: nearest 2x upsampling, reflection padding 1, 3x3 convolution
+    with bias. Params as `ReflectConv(features, 3)`: `kernel [3, 3, in, out]` (HWIO), `bias [out]`.
+
+    Computed without the upsampled map, as four 2x2 convolutions of the low-resolution map (one per
+    output phase), interleaved. Output row `2i + a` reads upsampled rows `2i + a - 1 .. 2i + a + 1`,
+    which are low-resolution rows `i - 1, i, i` (`a = 0`) or `i, i, i + 1` (`a = 1`): two taps whose
+    kernels are the sums `(K0, K1 + K2)` or `(K0 + K1, K2)`; likewise for columns. The reflection
+    padding of the upsampled map reads the edge row again, which is edge padding of the low-resolution
+    map. Same values up to float rounding (the float64 torch-parity tests check it) with 16 instead of
+    36 taps per 2x2 output block: measured on this CPU, batch 4, forward + both gradients, 128 -> 64
+    channels from 64 px 332 -> 147 ms, 64 -> 32 channels from 128 px 636 -> 305 ms.
+    """
+
+    features: int
+    kernel_grad: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        fan_in = c * 9
+        kernel = self.param("kernel", _torch_uniform(fan_in), (3, 3, c, self.features))
+        bias = self.param("bias", _torch_uniform(fan_in), (self.features,))
+        kernel = jnp.asarray(kernel, x.dtype)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+
+        def taps(k, axis):  # the two taps of phase 0 and of phase 1 along `axis` (0: rows, 1: columns)
+            k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+            return jnp.stack([k0, k1 + k2], axis=axis), jnp.stack([k0 + k1, k2], axis=axis)
+
+        rows = []
+        for a, k_rows in enumerate(taps(kernel, 0)):
+            cols = [layers.conv2d(padded[:, a:a + h + 1, b:b + w + 1], k_ab, bias, kernel_grad=self.kernel_grad)
+                    for b, k_ab in enumerate(taps(k_rows, 1))]
+            rows.append(jnp.stack(cols, axis=3))  # [N, h, w, 2 (column phase), out]
+        return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, self.features)
 
 
 class TransformerNet(nn.Module):
@@ -218,9 +253,9 @@ class TransformerNet(nn.Module):
         for i in range(self.num_residual):
             x = ResidualBlock(S, kernel_grad=kg, name=f"res{i + 1}")(x, style)
         if self.variant == "pytorch":
-            x = ReflectConv(c2, 3, kernel_grad=kg, name="deconv1")(_upsample_nearest(x))
+            x = UpsampleConv(c2, kernel_grad=kg, name="deconv1")(x)
             x = nn.relu(InstanceNorm(S, name="in4")(x, style))
-            x = ReflectConv(c1, 3, kernel_grad=kg, name="deconv2")(_upsample_nearest(x))
+            x = UpsampleConv(c1, kernel_grad=kg, name="deconv2")(x)
             x = nn.relu(InstanceNorm(S, name="in5")(x, style))
         else:
             x = nn.relu(InstanceNorm(S, name="in4")(TransposedConv(c2, name="deconv1")(x), style))

@@ -80,13 +80,6 @@ def _contract_rows(a, b, chunks: int = 16):
     return jnp.einsum("bkm,bkn->bmn", a.reshape(chunks, k // chunks, -1), b.reshape(chunks, k // chunks, -1)).sum(0)
 
 
-def _window_shift(xp, dy, dx, stride, out_hw):
-    """The input values that kernel tap `(dy, dx)` meets at each output position: `[N, ho, wo, C]`."""
-    (sh, sw), (ho, wo) = stride, out_hw
-    end = (xp.shape[0], dy + sh * (ho - 1) + 1, dx + sw * (wo - 1) + 1, xp.shape[3])
-    return lax.slice(xp, (0, dy, dx, 0), end, (1, sh, sw, 1))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_shifts(x, kernel, stride, pads):
     return _conv(x, kernel, stride, pads)
@@ -102,9 +95,9 @@ def _conv_shifts_bwd(stride, pads, res, g):
     kh, kw, cin, cout = kernel.shape
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     flat_g = g.reshape(-1, cout)
-    # d kernel[dy, dx] = sum over batch and output positions of (input under tap (dy, dx)) x g.
-    taps = [_contract_rows(_window_shift(xp, i, j, stride, g.shape[1:3]).reshape(-1, cin), flat_g)
-            for i in range(kh) for j in range(kw)]
+    # d kernel[dy, dx] = sum over batch and output positions of (input under tap (dy, dx)) x g; the
+    # input under each tap, in (dy, dx) order, is what the pooling layers reduce over (`_window_slices`).
+    taps = [_contract_rows(xs.reshape(-1, cin), flat_g) for xs in _window_slices(xp, (kh, kw), stride)]
     return dx, jnp.stack(taps).reshape(kernel.shape)
 
 

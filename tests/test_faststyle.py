@@ -392,3 +392,67 @@ def test_upsample_conv_equals_upsampling_then_convolution(size):
         grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cot), argnums=(0, 1))(x, kernel) for f in (ours, recipe)]
         for a, r in zip(*grads):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * float(jnp.abs(r).max()))
+
+
+# ------------------------------------------------------------------- the loss against a torch reference
+@pytest.mark.parametrize("preset", ["pytorch_examples", "magenta"])
+def test_perceptual_loss_equals_torch_reference(preset):
+    """The perceptual loss (value, parts, gradient w.r.t. the output images) equals a torch
+    implementation written here from the recipe (SYNTHESIS.md sections 8-9) on torchvision's real
+    VGG16 with random float64 weights: the style image's Grams as targets blended per image, the
+    content images through the same network, both presets (content at relu2_2 / relu3_3, max / average
+    pooling, Gram / CHW or / HW)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from torch_ref import features_float64
+
+    loss = {"pytorch_examples": faststyle.PYTORCH_EXAMPLES, "magenta": faststyle.MAGENTA}[preset]
+    features, params = features_float64("vgg16", 22)
+    if loss.pool == "avg":
+        features = torch.nn.Sequential(*[torch.nn.AvgPool2d(2, 2) if isinstance(m, torch.nn.MaxPool2d) else m
+                                         for m in features])
+    taps = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"}
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+
+    def feats(x):
+        h, out = (x - mean) / std, {}
+        for i, layer in enumerate(features):
+            h = layer(h)
+            if i in taps:
+                out[taps[i]] = h
+        return out
+
+    def gram(f):
+        n, c, h, w = f.shape
+        g = f.reshape(n, c, h * w) @ f.reshape(n, c, h * w).transpose(1, 2)
+        return g / (c * h * w if loss.gram == "chw" else h * w)
+
+    rng = np.random.default_rng(3)
+    outputs, contents = rng.uniform(-0.1, 1.1, (3, 40, 36, 3)), rng.uniform(0, 1, (3, 40, 36, 3))
+    styles = rng.uniform(0, 1, (2, 44, 48, 3))
+    weights = np.array([[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]])
+    t = lambda a: torch.tensor(a.transpose(0, 3, 1, 2).copy(), dtype=torch.float64)  # noqa: E731
+    y = t(outputs).requires_grad_(True)
+    with torch.no_grad():
+        target = {k: gram(v) for k, v in feats(t(styles)).items()}
+        fx = feats(t(contents))[loss.content_layer]
+    fy = feats(y)
+    content = loss.content_weight * torch.mean((fy[loss.content_layer] - fx) ** 2)
+    w_t = torch.tensor(weights)
+    style = loss.style_weight * sum(
+        torch.mean((gram(fy[k]) - torch.einsum("bs,scd->bcd", w_t, target[k])) ** 2) for k in loss.style_layers)
+    (content + style).backward()
+
+    with jax.enable_x64(True):
+        model = models.get("vgg16")
+        targets = faststyle.style_targets(loss, params, list(styles))
+        step = jax.jit(jax.value_and_grad(faststyle.perceptual_loss, argnums=3, has_aux=True), static_argnums=(0, 1))
+        (total, parts), grad = step(model, loss, params, jnp.asarray(outputs), jnp.asarray(contents), targets,
+                                    jnp.asarray(weights))
+        assert total.dtype == jnp.float64
+    np.testing.assert_allclose(float(parts["content"]), content.item(), rtol=1e-10)
+    np.testing.assert_allclose(float(parts["style"]), style.item(), rtol=1e-10)
+    np.testing.assert_allclose(float(total), (content + style).item(), rtol=1e-10)
+    g_t = y.grad.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(grad), g_t, rtol=0, atol=1e-10 * np.abs(g_t).max())

@@ -7,7 +7,6 @@ on both sides. Total variation is checked on images directly. The torch referenc
 here from the peers' formulas (SYNTHESIS.md sections 5-6), not with jaxviz code.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from jaxviz import models  # noqa: E402
 from jaxviz.synthesis import losses  # noqa: E402
+from torch_ref import features_float64  # noqa: E402
 
 # torchvision vgg19.features indices of the layers used by neural-style.
 TORCH_INDEX = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu4_1": 20, "relu4_2": 22, "relu5_1": 29}
@@ -30,23 +30,7 @@ RTOL = 1e-9  # float64 on both sides: |jax - torch| <= RTOL * max|torch|
 @pytest.fixture(scope="module")
 def vgg19_pair():
     """(torch vgg19.features[:30] in float64, jaxviz vgg19 params in float64 without fc layers)."""
-    from weights_conversion.convert import convert_state_dict
-
-    with torch.device("meta"):
-        net = torchvision.models.vgg19(weights=None)
-    net = net.to_empty(device="cpu").eval().requires_grad_(False)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in net.features.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.normal_(0.0, math.sqrt(2.0 / m.weight[0].numel()), generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-    # The classifier is never run: zero views of the right shapes satisfy the converter cheaply.
-    sd = {k: (v if k.startswith("features.") else np.broadcast_to(np.float32(0), tuple(v.shape))) for k, v in net.state_dict().items()}
-    params = convert_state_dict(sd, "vgg19")
-    params = {k: {n: a.astype(np.float64) for n, a in v.items()} for k, v in params.items() if not k.startswith("fc")}
-    features = net.features[: TORCH_INDEX["relu5_1"] + 1].double()
-    del net, sd
+    features, params = features_float64("vgg19", TORCH_INDEX["relu5_1"])
     yield features, params
     del features, params
 

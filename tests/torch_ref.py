@@ -109,6 +109,34 @@ def release_memory() -> None:
         pass
 
 
+def features_float64(arch: str, last: int, seed: int = 0):
+    """`(torch features, jaxviz params)`: torchvision's real `<arch>.features[:last + 1]` in float64
+    eval mode with random weights (conv weights N(0, 2 / fan_in), biases N(0, 0.1), drawn by torch
+    from `seed`), and the same weights converted by the project's converter to float64 jaxviz params
+    without the classifier (never run: zero views of its shapes satisfy the converter cheaply)."""
+    import math
+
+    import torch
+    import torchvision
+
+    from weights_conversion.convert import convert_state_dict
+
+    with torch.device("meta"):
+        net = getattr(torchvision.models, arch)(weights=None)
+    net = net.to_empty(device="cpu").eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.features.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0.0, math.sqrt(2.0 / m.weight[0].numel()), generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+    sd = {k: (v if k.startswith("features.") else np.broadcast_to(np.float32(0), tuple(v.shape)))
+          for k, v in net.state_dict().items()}
+    params = {k: {n: a.astype(np.float64) for n, a in v.items()}
+              for k, v in convert_state_dict(sd, arch).items() if not k.startswith("fc")}
+    return net.features[: last + 1].double(), params
+
+
 def shared_float64_model(arch: str, seed: int = 0):
     """`(torch_module, params)`: torchvision's real `<arch>` definition in float64 eval mode and jaxviz
     float64 params that hold THE SAME MEMORY (the torch weights are zero-copy DLPack views of the jax

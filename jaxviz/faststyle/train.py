@@ -142,7 +142,8 @@ def style_targets(loss: PerceptualLoss, loss_params, style_images: Sequence) -> 
         if img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(f"style image {i} must be [H, W, 3] in [0, 1]; got shape {img.shape}")
         check_pixel_values(img, f"style image {i}")
-        rows.append(_style_grams(model, loss, loss_params, jnp.asarray(img, jnp.float32)[None]))
+        x = jnp.asarray(img)  # float64 stays float64 under jax_enable_x64
+        rows.append(_style_grams(model, loss, loss_params, (x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32))[None]))
     return {name: jnp.concatenate([r[name] for r in rows]) for name in loss.style_layers}
 
 
@@ -168,10 +169,13 @@ def perceptual_loss(model: Model, loss: PerceptualLoss, loss_params, outputs, co
     Returns:
       `(total, {"content": ..., "style": ..., "tv": ...})`, scalars averaged over the batch, weighted.
     """
-    b = outputs.shape[0]
-    acts = model.apply(loss_params, jnp.concatenate([outputs, contents]), until=loss.last_layer(model), pool=loss.pool)
-    feat_y = {k: v[:b] for k, v in acts.items()}
-    feat_x = jax.lax.stop_gradient(acts[loss.content_layer][b:])
+    # Two calls, not one on the concatenated batch: the gradient of a slice of a batch-2B activation
+    # is a batch-2B cotangent, so every convolution's backward pass would run on the contents too
+    # (measured: 7.2 against 5.3 s per 256 px batch-4 step on 2 CPU cores), and the contents only
+    # need the layers up to the content layer, not the last style layer.
+    feat_y = model.apply(loss_params, outputs, until=loss.last_layer(model), pool=loss.pool)
+    feat_x = jax.lax.stop_gradient(
+        model.apply(loss_params, contents, until=loss.content_layer, pool=loss.pool)[loss.content_layer])
     content = loss.content_weight * jnp.mean(losses.content_loss(feat_y[loss.content_layer], feat_x))
     per_image = {name: jnp.einsum("bs,scd->bcd", style_weights.astype(targets[name].dtype), targets[name])
                  for name in loss.style_layers}

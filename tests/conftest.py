@@ -20,6 +20,13 @@ from torch_ref import release_memory  # noqa: E402
 # No silent broadcasting: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# The tests write `with jax.enable_x64(True):` (jax >= 0.7); older jax, down to the 0.4.30 that
+# pyproject.toml allows, has the same context manager in jax.experimental.
+if not hasattr(jax, "enable_x64"):
+    from jax.experimental import enable_x64 as _enable_x64
+
+    jax.enable_x64 = _enable_x64
+
 
 # Test files whose peak resident memory is large (torch reference models, the demo; 2-5 GB each): with
 # pytest-xdist they run one after another on ONE worker, so that two of them never run at once; every

@@ -119,7 +119,9 @@ def test_activation_maps_and_top_channels(digits, photos):
     maps = inspection.activation_maps(model, params, x, "relu2_2")
     assert maps.shape == (5, 64, 8 * 2, 8 * 2)
     ref = np.asarray(acts["relu2_2"]).transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(np.asarray(maps), ref, rtol=1e-5, atol=1e-6)
+    # Two float32 programs: equal up to rounding (1e-5 of the largest activation; jax 0.4.30 differs
+    # by 3e-6 at small values, jax 0.10 by less).
+    np.testing.assert_allclose(np.asarray(maps), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     # batch == loop
     one = np.concatenate([inspection.activation_maps(model, params, x[i : i + 1], "relu2_2") for i in range(5)])
     np.testing.assert_allclose(np.asarray(maps), one, rtol=1e-5, atol=1e-5)

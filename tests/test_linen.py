@@ -167,8 +167,8 @@ def test_jit_and_vmap(wrapped):
     model, variables, images = wrapped
     eager = model.apply(variables, images)
     jitted = jax.jit(model.apply)(variables, images)
-    for k in eager:
-        np.testing.assert_allclose(jitted[k], eager[k], rtol=1e-5, atol=1e-6)
+    for k in eager:  # equal up to float32 rounding (1e-5 of the layer's largest value)
+        np.testing.assert_allclose(jitted[k], eager[k], rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(eager[k]))))
     # vmap over experiments: a stack of batches [E, N, H, W, C] equals a loop.
     stack = jnp.stack([images, images[::-1] * 0.5])
     mapped = jax.jit(jax.vmap(lambda x: model.scores(variables, x)))(stack)

@@ -123,10 +123,11 @@ def features_float64(arch: str, last: int, seed: int = 0):
 
     with torch.device("meta"):
         net = getattr(torchvision.models, arch)(weights=None)
-    net = net.to_empty(device="cpu").eval().requires_grad_(False)
+    # Only the convolutional part is allocated (the classifier stays on the meta device: 0.5 GB less).
+    features = net.features.to_empty(device="cpu").eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in net.features.modules():
+        for m in features.modules():
             if isinstance(m, torch.nn.Conv2d):
                 m.weight.normal_(0.0, math.sqrt(2.0 / m.weight[0].numel()), generator=gen)
                 m.bias.normal_(0.0, 0.1, generator=gen)
@@ -134,7 +135,7 @@ def features_float64(arch: str, last: int, seed: int = 0):
           for k, v in net.state_dict().items()}
     params = {k: {n: a.astype(np.float64) for n, a in v.items()}
               for k, v in convert_state_dict(sd, arch).items() if not k.startswith("fc")}
-    return net.features[: last + 1].double(), params
+    return features[: last + 1].double(), params
 
 
 def shared_float64_model(arch: str, seed: int = 0):

@@ -135,10 +135,11 @@ def main(argv=None):
         if not args.no_torch:
             features = tvgg.features[:23].to(device).eval().requires_grad_(False)
             taps = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"}
+            index = {name: i for i, name in taps.items()}
             mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
             std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
 
-            def feats(img01, until=22):
+            def feats(img01, until=index["relu4_3"]):
                 h, outs = (img01 - mean) / std, {}
                 for i, layer in enumerate(features[:until + 1]):
                     h = layer(h)
@@ -158,7 +159,7 @@ def main(argv=None):
             xt = torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).to(device)
             mse = torch.nn.functional.mse_loss
 
-            def step_torch(content_until=22):
+            def step_torch(content_until=index["relu4_3"]):
                 opt.zero_grad()
                 y = tnet(xt * 255) / 255
                 fy, fx = feats(y), feats(xt, content_until)
@@ -170,7 +171,7 @@ def main(argv=None):
             # pytorch/examples runs the content images through all four VGG slices (to relu4_3);
             # jaxviz runs them to the content layer only: torch with the same saving, for comparison.
             timers["torch"] = (step_torch, sync_t)
-            timers["torch, contents to relu2_2"] = (lambda: step_torch(8), sync_t)
+            timers["torch, contents to relu2_2"] = (lambda: step_torch(index["relu2_2"]), sync_t)
         times = {name: [] for name in timers}
         for r in range(args.rounds):
             for name, (fn, sync) in timers.items():

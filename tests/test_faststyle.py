@@ -404,7 +404,7 @@ def test_perceptual_loss_equals_torch_reference(preset):
     pooling, Gram / CHW or / HW)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchvision")
-    from torch_ref import features_float64
+    from torch_ref import features_float64, torch_gram, torch_taps
 
     loss = {"pytorch_examples": faststyle.PYTORCH_EXAMPLES, "magenta": faststyle.MAGENTA}[preset]
     features, params = features_float64("vgg16", 22)
@@ -412,21 +412,8 @@ def test_perceptual_loss_equals_torch_reference(preset):
         features = torch.nn.Sequential(*[torch.nn.AvgPool2d(2, 2) if isinstance(m, torch.nn.MaxPool2d) else m
                                          for m in features])
     taps = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"}
-    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
-
-    def feats(x):
-        h, out = (x - mean) / std, {}
-        for i, layer in enumerate(features):
-            h = layer(h)
-            if i in taps:
-                out[taps[i]] = h
-        return out
-
-    def gram(f):
-        n, c, h, w = f.shape
-        g = f.reshape(n, c, h * w) @ f.reshape(n, c, h * w).transpose(1, 2)
-        return g / (c * h * w if loss.gram == "chw" else h * w)
+    feats = lambda x: torch_taps(features, x, taps)  # noqa: E731
+    gram = lambda f: torch_gram(f, loss.gram)  # noqa: E731
 
     rng = np.random.default_rng(3)
     outputs, contents = rng.uniform(-0.1, 1.1, (3, 40, 36, 3)), rng.uniform(0, 1, (3, 40, 36, 3))

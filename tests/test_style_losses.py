@@ -4,9 +4,8 @@ The style and content losses are checked through the real network: a torchvision
 weights, its `features` up to relu5_1) in torch, and the same weights converted by the project's
 converter in jaxviz, on the same 48x48 images; gradients are taken with respect to the input image
 on both sides. Total variation is checked on images directly. The torch references are written
-here from the peers' formulas (SYNTHESIS.md sections 5-6), not with jaxviz code.
+from the peers' formulas (SYNTHESIS.md sections 5-6), here and in tests/torch_ref.py, not with jaxviz code.
 """
-
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from jaxviz import models  # noqa: E402
 from jaxviz.synthesis import losses  # noqa: E402
-from torch_ref import features_float64  # noqa: E402
+from torch_ref import features_float64, torch_gram, torch_taps  # noqa: E402
 
 # torchvision vgg19.features indices of the layers used by neural-style.
 TORCH_INDEX = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu4_1": 20, "relu4_2": 22, "relu5_1": 29}
@@ -41,16 +40,7 @@ def _images(seed, n=2):
 
 def _torch_feats(features, images_t):
     """images_t: [N, 3, H, W] float64 in [0, 1] -> {layer: [N, C, h, w]}."""
-    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
-    x = (images_t - mean) / std
-    wanted = {i: name for name, i in TORCH_INDEX.items()}
-    out = {}
-    for i, layer in enumerate(features):
-        x = layer(x)
-        if i in wanted:
-            out[wanted[i]] = x.clone()
-    return out
+    return torch_taps(features, images_t, {i: name for name, i in TORCH_INDEX.items()})
 
 
 def _t(images):
@@ -58,22 +48,15 @@ def _t(images):
 
 
 # ---------------------------------------------------------------- torch references (the peers' formulas)
-def t_gram(f, norm):
-    n, c, h, w = f.shape
-    m = f.reshape(n, c, h * w)
-    g = m @ m.transpose(1, 2)
-    return g / {"chw": c * h * w, "hw": h * w, "none": 1}[norm]
-
-
 def t_gram_loss(f, target, convention):
     """[N]: neural-style StyleLoss / w, pystiche GramLoss, Gatys' paper E_l (unnormalised Grams)."""
     n, c, h, w = f.shape
     if convention == "neural-style":
-        return ((t_gram(f, "chw") - target) ** 2).mean(dim=(1, 2))
+        return ((torch_gram(f, "chw") - target) ** 2).mean(dim=(1, 2))
     if convention == "pystiche":
-        return ((t_gram(f, "hw") - target) ** 2).mean(dim=(1, 2))
+        return ((torch_gram(f, "hw") - target) ** 2).mean(dim=(1, 2))
     # Gatys' paper with unnormalised G and A of the same size: sum (G - A)^2 / (4 N^2 M^2)
-    return ((t_gram(f, "none") - target) ** 2).sum(dim=(1, 2)) / (4 * c**2 * (h * w) ** 2)
+    return ((torch_gram(f, "none") - target) ** 2).sum(dim=(1, 2)) / (4 * c**2 * (h * w) ** 2)
 
 
 class TSqrtm(torch.autograd.Function):
@@ -217,7 +200,7 @@ def test_gram_style_loss_matches_torch(forward, convention):
     with jax.enable_x64(True):
         targets = {l: losses.style_target(fw["style"][l], convention=convention) for l in STYLE_LAYERS}
     norm = {"neural-style": "chw", "pystiche": "hw", "gatys": "none"}[convention]
-    t_targets = {l: t_gram(fw["t_style"][l], norm) for l in STYLE_LAYERS}
+    t_targets = {l: torch_gram(fw["t_style"][l], norm) for l in STYLE_LAYERS}
     _compare(
         fw,
         lambda a: losses.style_loss(a, targets, convention=convention, layer_weights=weights),

@@ -138,6 +138,31 @@ def features_float64(arch: str, last: int, seed: int = 0):
     return features[: last + 1].double(), params
 
 
+def torch_taps(features, images_t, taps: dict) -> dict:
+    """Run torchvision `features` on `images_t` `[N, 3, H, W]` in [0, 1], normalised with ImageNet's
+    mean and std as jaxviz's VGG does inside `apply`; returns `{name: [N, C, h, w]}` for
+    `taps = {module index: name}` (clones: torchvision's ReLUs work in place)."""
+    import torch
+
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=images_t.dtype).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=images_t.dtype).view(1, 3, 1, 1)
+    x, out = (images_t - mean) / std, {}
+    for i, layer in enumerate(features):
+        x = layer(x)
+        if i in taps:
+            out[taps[i]] = x.clone()
+    return out
+
+
+def torch_gram(f, norm: str):
+    """Gram matrices `[N, C, C]` of `[N, C, h, w]` features, divided by C*h*w ("chw"), h*w ("hw") or
+    not ("none")."""
+    n, c, h, w = f.shape
+    m = f.reshape(n, c, h * w)
+    g = m @ m.transpose(1, 2)
+    return g / {"chw": c * h * w, "hw": h * w, "none": 1}[norm]
+
+
 def shared_float64_model(arch: str, seed: int = 0):
     """`(torch_module, params)`: torchvision's real `<arch>` definition in float64 eval mode and jaxviz
     float64 params that hold THE SAME MEMORY (the torch weights are zero-copy DLPack views of the jax

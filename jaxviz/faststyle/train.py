@@ -142,8 +142,8 @@ def style_targets(loss: PerceptualLoss, loss_params, style_images: Sequence) -> 
         if img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(f"style image {i} must be [H, W, 3] in [0, 1]; got shape {img.shape}")
         check_pixel_values(img, f"style image {i}")
-        x = jnp.asarray(img)  # float64 stays float64 under jax_enable_x64
-        rows.append(_style_grams(model, loss, loss_params, (x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32))[None]))
+        x = jnp.asarray(img)  # at least float32; float64 stays float64 under jax_enable_x64
+        rows.append(_style_grams(model, loss, loss_params, x.astype(jnp.promote_types(x.dtype, jnp.float32))[None]))
     return {name: jnp.concatenate([r[name] for r in rows]) for name in loss.style_layers}
 
 

@@ -6,12 +6,18 @@ degrees, jitter 4) -> VGG16 (random weights, the same on both sides) up to relu4
 of one channel -> backward -> Adam (lr 0.05) update of the spectrum. The batch is E experiments (one
 image each, its own channel). JAX: `jaxviz.synthesis.optimize` with a Python loop over one jitted
 step (`loop="python"`) and with one jitted `lax.scan` (`loop="scan"`), with `model.frozen(params)`
-as the techniques pass them (and, for comparison, the plain params); PyTorch: the same math in
+as the techniques pass them; PyTorch: the same math in
 eager mode (`torch.fft.irfftn`, `F.pad`, random crops, `affine_grid` + `grid_sample` for scale and
 rotation, `torchvision.models.vgg16().features[:23]`, `torch.optim.Adam`). Steps per second =
 steps / wall time of a run, after one warm-up run (compilation excluded); `--rounds` runs of every
 column, interleaved, and the median of each (jax/torch: the median of the per-round ratios; > 1 means
 JAX is faster).
+
+jaxviz's loss is `features.score_loss` (what `features.visualize` runs), which computes only the
+objective's channel of conv4_3 (`objectives.restrict`: one of 512 output channels per experiment);
+the "whole layer" column turns that off (`ScoreLoss(restrict=False)`). The torch step computes the
+whole layer as torch-lucent does; "torch, 1 channel" gives torch the same saving (conv4_3 as a
+grouped convolution with each experiment's one output channel), so that both comparisons are shown.
 
     python benchmarks/synthesis_engine_bench.py                       # 128 px, batch 1, 3 rounds of 20 steps
     python benchmarks/synthesis_engine_bench.py --sizes 128,224 --batch 1 --steps 10
@@ -37,7 +43,8 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jaxviz import models  # noqa: E402
-from jaxviz.synthesis import optimize  # noqa: E402
+from jaxviz import objectives as O  # noqa: E402
+from jaxviz.synthesis import features, optimize  # noqa: E402
 from jaxviz.synthesis import param as P  # noqa: E402
 from jaxviz.synthesis import transforms as T  # noqa: E402
 from weights_conversion.convert import convert_state_dict  # noqa: E402
@@ -47,31 +54,29 @@ ADAM = optax.adam(0.05)
 TRANSFORMS = T.standard_transforms()
 
 
-def channel_loss(model, params, targets, images, key, step):
-    acts = model.apply(params, images, until=LAYER)[LAYER]
-    return -jnp.take_along_axis(acts.mean(axis=(1, 2)), targets[:, None], axis=1)[:, 0]
-
-
-def jax_timer(model, params, size, batch, steps, loop, frozen=True):
-    """A function returning the steps/s of one run of `optimize` for `steps` steps (as
-    `features.render` runs it: `model.frozen(params)` computed inside the timed region, once per run;
-    `frozen=False`: the plain params). Compiled (one warm-up run) before it is returned."""
+def jax_timer(model, params, size, batch, steps, loop, restrict=True):
+    """A function returning the steps/s of one run of `optimize` for `steps` steps with
+    `features.score_loss` (as `features.visualize` runs it: `model.frozen(params)` computed inside the
+    timed region, once per run; `restrict=False`: the whole of conv4_3 computed). Compiled (one warm-up
+    run) before it is returned."""
     p = P.FFT((size, size, 3))
     raw0 = p.init(jax.random.key(0), batch)
-    targets = jnp.arange(batch, dtype=jnp.int32)
-    kw = dict(steps=steps, key=jax.random.key(1), param=p, targets=targets, transforms=TRANSFORMS, static=model, loop=loop)
-    prepare = model.frozen if frozen else (lambda q: q)
+    targets = O.as_objective(model, O.channel(LAYER, jnp.arange(batch, dtype=jnp.int32)))
+    static = features.ScoreLoss(model, restrict=restrict)
+    kw = dict(steps=steps, key=jax.random.key(1), param=p, targets=targets, transforms=TRANSFORMS, static=static, loop=loop)
 
     def run():
         t0 = time.perf_counter()
-        optimize(channel_loss, prepare(params), raw0, ADAM, **kw).images.block_until_ready()
+        optimize(features.score_loss, model.frozen(params), raw0, ADAM, **kw).images.block_until_ready()
         return steps / (time.perf_counter() - t0)
 
     run()  # warm-up / compile
     return run
 
 
-def torch_step_fn(torch, net, size, batch, device):
+def torch_step_fn(torch, net, size, batch, device, one_channel=False):
+    """One eager torch step; `one_channel`: conv4_3 computes only each experiment's channel (a grouped
+    convolution: experiment e's image with the kernel of its channel)."""
     import torch.nn.functional as F
 
     h = w = size
@@ -108,8 +113,15 @@ def torch_step_fn(torch, net, size, batch, device):
         c, sn = torch.cos(r), torch.sin(r)
         x = affine(x, torch.stack([torch.stack([c, -sn, 0 * c]), torch.stack([sn, c, 0 * c])])[None])
         x = crop(x, 4)
-        acts = net((x - mean) / std)
-        loss = -acts.mean(dim=(2, 3))[torch.arange(batch), targets].sum()
+        if one_channel:
+            a = net[:21]((x - mean) / std)  # to relu4_2
+            conv = net[21]
+            n, c, hh, ww = a.shape
+            y = F.conv2d(a.reshape(1, n * c, hh, ww), conv.weight[targets], conv.bias[targets], padding=1, groups=n)
+            loss = -F.relu(y).mean(dim=(2, 3)).sum()
+        else:
+            acts = net((x - mean) / std)
+            loss = -acts.mean(dim=(2, 3))[torch.arange(batch), targets].sum()
         loss.backward()
         opt.step()
         return loss
@@ -178,41 +190,47 @@ def main(argv=None):
     print(f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"# {args.rounds} rounds; in each, one run of every column in turn; the median of each column's steps/s and of "
           "the per-round jax/torch ratio (the machine's speed drifts between rounds)")
-    print("# jax python / scan: Model.frozen params (as the techniques run); plain: the same loop with the plain params")
-    print(f"{'size':>5} {'jax python steps/s':>19} {'plain params':>12} {'jax scan steps/s':>17} {'torch steps/s':>14} "
-          f"{'jax/torch':>9} {'scan/python':>11}")
+    print("# jax python / scan: features.score_loss, conv4_3 restricted to the objective's channel (as visualize runs); "
+          "whole layer: the same with restrict=False; torch: the whole layer; torch 1 ch: conv4_3 restricted likewise")
+    print(f"{'size':>5} {'jax python steps/s':>19} {'whole layer':>11} {'jax scan steps/s':>17} {'torch steps/s':>14} "
+          f"{'torch 1 ch':>10} {'jax/torch':>9} {'jax/torch 1ch':>13} {'scan/python':>11}")
     for size in [int(s) for s in args.sizes.split(",")]:
         timers = {"python": jax_timer(model, params, size, args.batch, args.steps, "python"),
-                  "plain": jax_timer(model, params, size, args.batch, args.steps, "python", frozen=False)}
+                  "whole": jax_timer(model, params, size, args.batch, args.steps, "python", restrict=False)}
         if not args.no_scan:
             timers["scan"] = jax_timer(model, params, size, args.batch, args.steps, "scan")
         if torch is not None:
-            step = torch_step_fn(torch, net, size, args.batch, device)
-            step()  # warm-up
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-            def torch_run():
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                sync()
-                return args.steps / (time.perf_counter() - t0)
+            def torch_timer(step):
+                step()  # warm-up
 
-            timers["torch"] = torch_run
+                def torch_run():
+                    sync()
+                    t0 = time.perf_counter()
+                    for _ in range(args.steps):
+                        step()
+                    sync()
+                    return args.steps / (time.perf_counter() - t0)
+
+                return torch_run
+
+            timers["torch"] = torch_timer(torch_step_fn(torch, net, size, args.batch, device))
+            timers["torch1"] = torch_timer(torch_step_fn(torch, net, size, args.batch, device, one_channel=True))
         rates = {k: [] for k in timers}
         for _ in range(args.rounds):
             for k, run in timers.items():
                 rates[k].append(run())
         med = {k: float(np.median(v)) for k, v in rates.items()}
-        py, plain, sc = med["python"], med["plain"], med.get("scan", float("nan"))
-        line = f"{size:>5} {py:>19.2f} {plain:>12.2f} {sc:>17.2f}"
+        py, whole, sc = med["python"], med["whole"], med.get("scan", float("nan"))
+        line = f"{size:>5} {py:>19.2f} {whole:>11.2f} {sc:>17.2f}"
         if torch is not None:
             best = [max(a, b) for a, b in zip(rates["python"], rates["scan"])] if "scan" in rates else rates["python"]
             ratio = float(np.median([b / t for b, t in zip(best, rates["torch"])]))
-            line += f" {med['torch']:>14.2f} {ratio:>9.2f}"
+            ratio1 = float(np.median([b / t for b, t in zip(best, rates["torch1"])]))
+            line += f" {med['torch']:>14.2f} {med['torch1']:>10.2f} {ratio:>9.2f} {ratio1:>13.2f}"
         else:
-            line += f" {'-':>14} {'-':>9}"
+            line += f" {'-':>14} {'-':>10} {'-':>9} {'-':>13}"
         line += f" {sc / py:>11.2f}"
         print(line, flush=True)
         if args.lucent and torch is not None:

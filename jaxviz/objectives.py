@@ -459,12 +459,94 @@ def last_layer(model, obj: Objective) -> Optional[str]:
     return max(obj.layers, key=model.index)
 
 
+# Primitives that read channels of their one layer through `take_units`, with the channel index as
+# their first argument.
+_CHANNEL_READERS = (_channel, _neuron, _class_logit)
+# Combinators that read no layer themselves.
+_COMBINATORS = (_sum, _product, _scale, _constant)
+
+
+def _channel_readers(obj: Objective, found: list) -> bool:
+    """Append `obj`'s channel-reading primitives to `found`; False if it holds any other reader."""
+    if obj.fn in _CHANNEL_READERS:
+        found.append(obj)
+        return True
+    if obj.fn in _COMBINATORS:
+        return all(_channel_readers(a, found) for a in obj.args if isinstance(a, Objective))
+    return False
+
+
+def _concrete_in_range(index, size: int) -> bool:
+    """Whether a concrete `index` is integer and in `[0, size)` (traced: whether its dtype is integer)."""
+    if isinstance(index, jax.core.Tracer):
+        return jnp.issubdtype(index.dtype, jnp.integer)
+    try:
+        values = np.asarray(index)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return False
+    return values.dtype.kind in "iu" and (values.size == 0 or (values.min() >= 0 and values.max() < size))
+
+
+def restrict(model, params, obj: Objective, **apply_kwargs):
+    """`(params, obj)` rewritten so that the network computes only the channels `obj` reads.
+
+    An objective that reads ONE layer through `channel`, `neuron` and `class_logit` (with any `+`,
+    `-`, `*` between them) needs a few of that layer's channels; `Model.restricted` gathers the
+    producing convolution's (or dense layer's) kernel at those channels, and each index of the
+    objective is renumbered to its position among them. Same values and gradients up to float
+    rounding; a channel objective at VGG16's relu4_3 then costs conv4_3 one output channel instead
+    of 512 (128 px forward and input gradient: 146 -> 123 ms on a 2-core CPU). A traced index out of
+    range still gives NaN for its image only (its slot gathers channel 0 and its renumbered index is
+    out of range); concrete indices out of range are left for `take_units` to refuse.
+
+    Unchanged `(params, obj)` where nothing is gained or it would not be the same objective: an
+    objective reading other quantities (`class_log_prob`, `layer_l2`, `direction`, `diversity`, ...)
+    or several layers, indices that would need as many channels as the layer has, `perturb=` in `apply_kwargs` (the layers in between would change shape), a
+    layer of unknown channel count, or a model without `Model.restricted` support.
+    """
+    if apply_kwargs.get("perturb") or len(obj.layers) != 1:
+        return params, obj
+    layer = obj.layers[0]
+    size = model.layer(layer).channels
+    readers: list = []
+    if size is None or not _channel_readers(obj, readers):
+        return params, obj
+    indices = [r.args[0] for r in readers]
+    if not all(_concrete_in_range(i, size) for i in indices):
+        return params, obj
+    indices = [jnp.asarray(i) for i in indices]
+    if any(i.ndim > 1 for i in indices):
+        return params, obj
+    channels = jnp.concatenate([jnp.clip(i.reshape(-1), 0, size - 1) for i in indices]).astype(jnp.int32)
+    if channels.shape[0] >= size:
+        return params, obj  # as many channels as the layer has (e.g. one per image of a large batch)
+    new_params = model.restricted(params, layer, channels)
+    if new_params is None:
+        return params, obj
+    renumbered, offset = {}, 0
+    for r, i in zip(readers, indices):
+        ok = (i >= 0) & (i < size)
+        position = (offset + jnp.arange(i.size, dtype=jnp.int32)).reshape(i.shape)
+        renumbered[id(r)] = jnp.where(ok, position, -1)
+        offset += i.size
+    return new_params, _renumber(obj, renumbered)
+
+
+def _renumber(obj: Objective, renumbered: dict) -> Objective:
+    if id(obj) in renumbered:
+        return Objective(obj.fn, (renumbered[id(obj)], *obj.args[1:]), obj.static, obj.layers, obj.name)
+    args = tuple(_renumber(a, renumbered) if isinstance(a, Objective) else a for a in obj.args)
+    return Objective(obj.fn, args, obj.static, obj.layers, obj.name)
+
+
 def evaluate(model, params, images: Array, target, **apply_kwargs) -> Array:
     """Scores `[N]` of `target` (objective or class index) for `images` `[N, H, W, C]` in [0, 1].
 
-    `apply_kwargs` go to `Model.apply` (e.g. `relu=` for guided backprop, `pool="avg"`).
+    `apply_kwargs` go to `Model.apply` (e.g. `relu=` for guided backprop, `pool="avg"`). Only the
+    channels the objective reads are computed at its layer where `restrict` applies.
     """
     obj = as_objective(model, target)
+    params, obj = restrict(model, params, obj, **apply_kwargs)
     acts = model.apply(params, images, until=last_layer(model, obj), **apply_kwargs)
     return obj(acts)
 
@@ -526,5 +608,6 @@ __all__ = [
     "layer_l2",
     "nan_unless",
     "neuron",
+    "restrict",
     "take_units",
 ]

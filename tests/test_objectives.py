@@ -90,8 +90,11 @@ def test_per_image_units(setup):
     loop = [O.evaluate(model, params, x[i : i + 1], O.neuron("relu2_2", int(chans[i]), int(ys[i]), int(xs[i])))[0]
             for i in range(3)]
     np.testing.assert_allclose(O.evaluate(model, params, x, O.neuron("relu2_2", chans, ys, xs)), loop, rtol=1e-6)
-    np.testing.assert_allclose(O.evaluate(model, params, x, O.neuron("fc4", chans)), np.asarray(acts["fc4"])[np.arange(3), chans],
-                               rtol=1e-6)
+    # evaluate computes only fc4's three requested units (objectives.restrict): a float32 product over
+    # 3 columns rounds differently from the full layer's, so compare at 1e-5 of the largest value.
+    fc4 = np.asarray(acts["fc4"])[np.arange(3), chans]
+    np.testing.assert_allclose(O.evaluate(model, params, x, O.neuron("fc4", chans)), fc4, rtol=0,
+                               atol=1e-5 * np.abs(fc4).max())
 
 
 def _acts(seed=0, n=3):

@@ -141,6 +141,8 @@ class Model:
       swappable_relu: whether `apply(..., relu=f)` replaces the network's ReLUs (guided backprop).
       pool_modes: pooling modes `apply(..., pool=...)` accepts.
       frozen_fn: `frozen_fn(params) -> params` for `frozen`, or `None` (then `frozen` is the identity).
+      restrict_fn: `restrict_fn(params, layer, channels) -> params or None` for `restricted`, or `None`
+        (then `restricted` returns `None`).
     """
 
     name: str
@@ -158,6 +160,7 @@ class Model:
     swappable_relu: bool = True
     pool_modes: tuple[str, ...] = ("max",)
     frozen_fn: Optional[Callable[[Params], Params]] = None
+    restrict_fn: Optional[Callable[[Params, str, Array], Optional[Params]]] = None
 
     def __post_init__(self):
         # Mark the layers after the convolutional trunk, so that `LayerSpec.spatial` is right for
@@ -317,6 +320,34 @@ class Model:
         cores); the other weights are passed through, not copied.
         """
         return params if self.frozen_fn is None else self.frozen_fn(params)
+
+    def restricted(self, params: Params, layer: str, channels: Array) -> Optional[Params]:
+        """`params` changed so that `apply(result, images, until=layer)[layer]` holds only `channels`
+        of `layer`, in that order: `full[..., channels]`, computed without the other channels.
+
+        An objective that reads a few channels of a layer (lucid's `channel`, `neuron`, a class score)
+        then pays for those channels of the convolution or dense layer that produces them, not for all
+        of them (VGG16's conv4_3: 1 of 512 output channels for one channel objective;
+        `jaxviz.objectives.restrict` does this for an objective). For the built-in models the layer is
+        a convolution or dense layer, or follows one through channel-wise layers only (ReLU, batch
+        norm, max/average pooling, adaptive average pooling); that layer's kernel and bias (and
+        `frozen`'s backward kernel, and the batch-norm statistics in between) are gathered at
+        `channels`, and those layers' activations hold the same `channels`; every earlier layer is
+        unchanged. Values are those of the full layer up to float rounding.
+
+        Args:
+          params: the model's parameters (plain or `frozen`).
+          layer: a layer name.
+          channels: integer indices `[K]` into `layer`'s channels, each in range (out-of-range ones
+            are not checked; gathers return NaN or clamp), duplicates allowed; may be traced.
+
+        Returns:
+          The changed params, or `None` when this model cannot restrict `layer` (models without
+          `restrict_fn`, e.g. `from_flax`; a layer not reached from a convolution or dense layer
+          through channel-wise layers).
+        """
+        self.layer(layer)
+        return None if self.restrict_fn is None else self.restrict_fn(params, layer, channels)
 
     def param_shapes(self) -> Params:
         """`jax.ShapeDtypeStruct` pytree of the parameters, without allocating them."""

@@ -72,6 +72,34 @@ def frozen_params(specs: Sequence[LayerSpec], params) -> dict:
     return out
 
 
+#: Layer kinds that act on each channel separately: a layer after them still has the channels of the
+#: layer before them, so `restricted_params` can look through them to the convolution or dense layer.
+_CHANNELWISE = ("relu", "bn", "pool", "adaptive_avgpool")
+
+
+def restricted_params(specs: Sequence[LayerSpec], params, layer: str, channels) -> Optional[dict]:
+    """`params` with the convolution or dense layer that produces `layer`'s channels (through
+    channel-wise layers, `_CHANNELWISE`) gathered at `channels` `[K]`: its kernel and bias, `frozen`'s
+    backward kernel, and the batch-norm parameters in between; `None` if `layer` is not reached that
+    way. See `Model.restricted`."""
+    channels = jnp.asarray(channels)
+    names = [spec.name for spec in specs]
+    changed = {}
+    for spec in reversed(specs[: names.index(layer) + 1]):
+        if spec.kind == "bn":
+            changed[spec.name] = {k: jnp.take(v, channels, axis=0) for k, v in params[spec.name].items()}
+        elif spec.kind in ("conv", "fc"):
+            p = params[spec.name]
+            new = dict(p, kernel=jnp.take(p["kernel"], channels, axis=-1), bias=jnp.take(p["bias"], channels, axis=0))
+            if "kernel_t" in p:  # `frozen`: [kh, kw, C_out, C_in]
+                new["kernel_t"] = jnp.take(p["kernel_t"], channels, axis=2)
+            changed[spec.name] = new
+            return {**params, **changed}
+        elif spec.kind not in _CHANNELWISE:
+            return None
+    return None
+
+
 @jax.jit
 def _backward_kernels(kernels):
     return [L.backward_kernel(k) for k in kernels]
@@ -222,6 +250,7 @@ def sequential_model(
         apply_fn=apply_fn,
         init_fn=init_fn,
         frozen_fn=lambda params: frozen_params(specs, params),
+        restrict_fn=lambda params, layer, channels: restricted_params(specs, params, layer, channels),
         mean=tuple(mean),
         std=tuple(std),
         input_size=tuple(input_size),

@@ -157,7 +157,9 @@ class ScoreLoss:
     model; redirect: lucid's ReLU redirection while `step <= redirect` (None: off); resize: `(h, w)`
     the transformed images are resized to before the network (lucent's upsampling) or None;
     l2: weight of `sum (x - l2_center)^2` over the image's pixels in the model's normalised units
-    (Simonyan); diversity_layer / diversity: lucid's diversity term and its weight.
+    (Simonyan); diversity_layer / diversity: lucid's diversity term and its weight; restrict: compute
+    only the channels the objective reads at its layer (`objectives.restrict`: same values, e.g. one
+    of conv4_3's 512 output channels for a channel of relu4_3) when no diversity term reads the layer.
     """
 
     model: base.Model
@@ -166,6 +168,7 @@ class ScoreLoss:
     l2: float = 0.0
     diversity_layer: Optional[str] = None
     diversity: float = 0.0
+    restrict: bool = True
 
 
 def score_loss(static: ScoreLoss, consts, obj, images, key, step):
@@ -182,6 +185,8 @@ def score_loss(static: ScoreLoss, consts, obj, images, key, step):
         seen = jax.image.resize(images, (n, *static.resize, c), "linear")
     layers = tuple(obj.layers) + ((static.diversity_layer,) if static.diversity_layer else ())
     until = max(layers, key=model.index) if layers else None
+    if static.restrict and not static.diversity_layer:
+        consts, obj = O.restrict(model, consts, obj)
     acts = model.apply(consts, seen, until=until, relu=relu)
     scores = obj(acts)
     loss = -jnp.mean(scores)

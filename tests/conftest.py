@@ -31,8 +31,10 @@ if not hasattr(jax, "enable_x64"):
 # Test files whose peak resident memory is large (torch reference models, the demo; 2-5 GB each): with
 # pytest-xdist they run one after another on ONE worker, so that two of them never run at once; every
 # other file is its own unit (a file runs on one worker, and its module fixtures are built once).
-MEMORY_HEAVY = {"test_adversarial", "test_api", "test_attribution", "test_conversion", "test_faststyle_conversion",
-                "test_parity", "test_style"}
+# test_models_basic (3.1 GB peak resident alone) and test_faststyle (2.8 GB) joined them when the two
+# workers' peaks coincided at 6.0 GB PSS (2026-11-30 evening).
+MEMORY_HEAVY = {"test_adversarial", "test_api", "test_attribution", "test_conversion", "test_faststyle",
+                "test_faststyle_conversion", "test_models_basic", "test_parity", "test_style"}
 
 
 def _scope(nodeid: str) -> str:

@@ -476,15 +476,14 @@ def _channel_readers(obj: Objective, found: list) -> bool:
     return False
 
 
-def _concrete_in_range(index, size: int) -> bool:
-    """Whether a concrete `index` is integer and in `[0, size)` (traced: whether its dtype is integer)."""
-    if isinstance(index, jax.core.Tracer):
-        return jnp.issubdtype(index.dtype, jnp.integer)
+def _index_ok(index, size: int) -> bool:
+    """Whether `check_index` accepts `index` (a concrete integer index in `[0, size)`, or a traced
+    integer one), without raising."""
     try:
-        values = np.asarray(index)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        check_index(index, size, "index")
+    except ValueError:
         return False
-    return values.dtype.kind in "iu" and (values.size == 0 or (values.min() >= 0 and values.max() < size))
+    return True
 
 
 def restrict(model, params, obj: Objective, **apply_kwargs):
@@ -501,8 +500,9 @@ def restrict(model, params, obj: Objective, **apply_kwargs):
 
     Unchanged `(params, obj)` where nothing is gained or it would not be the same objective: an
     objective reading other quantities (`class_log_prob`, `layer_l2`, `direction`, `diversity`, ...)
-    or several layers, indices that would need as many channels as the layer has, `perturb=` in `apply_kwargs` (the layers in between would change shape), a
-    layer of unknown channel count, or a model without `Model.restricted` support.
+    or several layers, indices that would need as many channels as the layer has, `perturb=` in
+    `apply_kwargs` (the layers in between would change shape), a layer of unknown channel count, or a
+    model without `Model.restricted` support.
     """
     if apply_kwargs.get("perturb") or len(obj.layers) != 1:
         return params, obj
@@ -512,20 +512,20 @@ def restrict(model, params, obj: Objective, **apply_kwargs):
     if size is None or not _channel_readers(obj, readers):
         return params, obj
     indices = [r.args[0] for r in readers]
-    if not all(_concrete_in_range(i, size) for i in indices):
+    if not all(_index_ok(i, size) for i in indices):
         return params, obj
     indices = [jnp.asarray(i) for i in indices]
     if any(i.ndim > 1 for i in indices):
         return params, obj
-    channels = jnp.concatenate([jnp.clip(i.reshape(-1), 0, size - 1) for i in indices]).astype(jnp.int32)
+    valid = [(i >= 0) & (i < size) for i in indices]
+    channels = jnp.concatenate([jnp.where(ok, i, 0).reshape(-1) for i, ok in zip(indices, valid)]).astype(jnp.int32)
     if channels.shape[0] >= size:
         return params, obj  # as many channels as the layer has (e.g. one per image of a large batch)
     new_params = model.restricted(params, layer, channels)
     if new_params is None:
         return params, obj
     renumbered, offset = {}, 0
-    for r, i in zip(readers, indices):
-        ok = (i >= 0) & (i < size)
+    for r, i, ok in zip(readers, indices, valid):
         position = (offset + jnp.arange(i.size, dtype=jnp.int32)).reshape(i.shape)
         renumbered[id(r)] = jnp.where(ok, position, -1)
         offset += i.size

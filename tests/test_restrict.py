@@ -24,6 +24,11 @@ def _random_params(model, names, seed=0):
             for name, entry in model.param_shapes().items() if name in names}
 
 
+def _producer(model, layer, kinds=("conv", "fc")):
+    """The convolution or dense layer whose channels `layer` carries (`layer` itself or before it)."""
+    return next(s.name for s in reversed(model.layers[: model.index(layer) + 1]) if s.kind in kinds)
+
+
 def _images(model, n=2, seed=1):
     h = max(model.min_size[0], 28) + 3
     return jax.random.uniform(jax.random.key(seed), (n, h, h + 2, model.in_channels), jnp.float64)
@@ -63,7 +68,7 @@ def test_restricted_layer_equals_full_layer_at_those_channels(arch, names, froze
             assert sub is not None, layer
             got = apply(sub, x, until=layer)
             np.testing.assert_allclose(got[layer], full[layer][..., channels], rtol=1e-12, atol=1e-13, err_msg=layer)
-            producer = next(s.name for s in reversed(model.layers[: model.index(layer) + 1]) if s.kind in ("conv", "fc"))
+            producer = _producer(model, layer)
             for before in model.layer_names[: model.index(producer)]:
                 np.testing.assert_array_equal(got[before], full[before], err_msg=before)
             w = jnp.asarray(rng.normal(size=got[layer].shape))
@@ -133,7 +138,7 @@ def test_restrict_objective_same_scores_and_input_gradients(name):
         layer = obj.layers[0]
         sub, renumbered = O.restrict(model, params, obj)
         assert sub is not params and renumbered is not obj
-        producer = next(s.name for s in reversed(model.layers[: model.index(layer) + 1]) if s.kind in ("conv", "fc"))
+        producer = _producer(model, layer)
         assert sub[producer]["kernel"].shape[-1] < params[producer]["kernel"].shape[-1]
         want = jax.jit(lambda p, im: _unrestricted(model, p, im, obj))(params, x)
         np.testing.assert_allclose(jax.jit(lambda p, im: O.evaluate(model, p, im, obj))(params, x), want, rtol=1e-12)
@@ -217,7 +222,7 @@ def test_feature_visualisation_loss_restricts_and_matches():
     the losses and image gradients equal the unrestricted loss's (float64)."""
     model, params = _digits()
     conv = model.trunk[-1]
-    producer = next(s.name for s in reversed(model.layers[: model.index(conv) + 1]) if s.kind == "conv")
+    producer = _producer(model, conv, kinds=("conv",))
     full_c = model.layer(producer).channels
     with jax.enable_x64(True):
         frozen = model.frozen(params)

@@ -30,6 +30,7 @@ through max pooling differ by up to a few percent at isolated pixels in torch it
     python benchmarks/captum_bench.py                         # 64 and 224 px, a few minutes on 2 cores
     python benchmarks/captum_bench.py --sizes 64 --methods saliency,occlusion --repeats 5
     XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/captum_bench.py   # try XLA options
+    JAXVIZ_WINOGRAD=0 python benchmarks/captum_bench.py      # jaxviz with direct convolutions only
 
 Needs torch, torchvision and captum (benchmark-only dependencies).
 """
@@ -203,7 +204,7 @@ def main(argv=None):
 
     print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu_name()}, {os.cpu_count()} CPUs, "
           f"load average at start {os.getloadavg()[0]:.1f}")
-    print(f"# jax {jax.__version__} ({jax.default_backend()}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+    print(f"# jax {jax.__version__} ({jax.default_backend()}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, JAXVIZ_WINOGRAD={os.environ.get('JAXVIZ_WINOGRAD', '1')!r}; "
           f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads), captum {captum.__version__}")
     print(f"# VGG16 random weights, float32; median of {args.repeats} alternating calls after a warm-up; {'frozen params; ' if args.frozen else ''}SmoothGrad {args.samples} "
           f"samples, IG {args.steps} steps, occlusion patch = stride = size/4 ({args.occlusion_batch} per call)")

@@ -3,7 +3,7 @@
 For each technique, on the (untrained) digits architecture at 32 px with a few steps:
   * the output is finite, in [0, 1] and of the input's floating dtype;
   * a batch of experiments equals the same experiments run one by one (given the same
-    per-experiment keys);
+    per-experiment keys), to float rounding (`batch_check.assert_batch_matches_single`);
   * a second call with NEW targets or images of the same shapes compiles nothing (XLA's backend
     compile events, counted with `jax.monitoring`);
   * the technique's own objective improved (its first loss > last loss).
@@ -17,6 +17,7 @@ from jax import monitoring
 
 from jaxviz import models
 from jaxviz.synthesis import adversarial, dream, features, inversion, style, texture
+from batch_check import assert_batch_matches_single
 
 _COMPILES = []
 monitoring.register_event_duration_secs_listener(
@@ -110,9 +111,10 @@ def test_conformance(setup, name):
             finite = column[np.isfinite(column)]
             if len(finite) > 1:
                 assert finite[-1] < finite[0], column
-    # Batch == one by one (same per-experiment key).
-    one, _ = run(model, params, images, 0, keys[1:], jnp.arange(1, 2))
-    np.testing.assert_allclose(np.asarray(one)[0], out[1], atol=2e-5)
+    # Batch == one by one (same per-experiment key), to float rounding (tests/batch_check.py).
+    one, one_losses = run(model, params, images, 0, keys[1:], jnp.arange(1, 2))
+    first = (losses[0, 1], np.asarray(one_losses)[0, 0]) if losses is not None and losses.ndim == 2 else None
+    assert_batch_matches_single(out[1], np.asarray(one)[0], first_losses=first)
     # New targets / images of the same shapes: nothing compiles.
     _COMPILES.clear()
     run(model, params, images, 1, keys, jnp.arange(2))

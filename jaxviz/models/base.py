@@ -317,7 +317,9 @@ class Model:
         differentiating with respect to its weights raises a `ValueError` (train the original
         params). Models without `frozen_fn` (e.g. `from_flax`) return `params` unchanged. For the
         built-in models the kernels are computed by one jitted program (VGG16: 30-40 ms on two CPU
-        cores); the other weights are passed through, not copied.
+        cores); the other weights are passed through, not copied. Layers computed by Winograd
+        convolutions (`layers.winograd_applies`: float32 on the CPU, 256 or more channels) transform
+        the kernel themselves and do not read the stored copy.
         """
         return params if self.frozen_fn is None else self.frozen_fn(params)
 

@@ -8,6 +8,7 @@ for gradient parity checks) and bfloat16 images a bfloat16 one.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,12 @@ def _conv(x, kernel, stride, pads):
     return lax.conv_general_dilated(x, kernel, window_strides=stride, padding=pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+_FROZEN_KERNEL_GRAD = (
+    "these params carry precomputed backward kernels (Model.frozen) and cannot be differentiated "
+    "with respect to their weights (the two copies would drift apart); differentiate the original params"
+)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv_frozen(x, kernel, kernel_t, pads):
     return _conv(x, kernel, (1, 1), pads)
@@ -38,10 +45,7 @@ def _conv_frozen(x, kernel, kernel_t, pads):
 def _conv_frozen_fwd(x, kernel, kernel_t, pads):
     # symbolic_zeros: each argument says whether it is differentiated (`.perturbed`).
     if kernel.perturbed or kernel_t.perturbed:
-        raise ValueError(
-            "these params carry precomputed backward kernels (Model.frozen) and cannot be differentiated "
-            "with respect to their weights (the two copies would drift apart); differentiate the original params"
-        )
+        raise ValueError(_FROZEN_KERNEL_GRAD)
     return _conv(x.value, kernel.value, (1, 1), pads), (kernel_t.value, x.perturbed)
 
 
@@ -58,6 +62,109 @@ def _conv_frozen_bwd(pads, res, g):
 
 
 _conv_frozen.defvjp(_conv_frozen_fwd, _conv_frozen_bwd, symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------- Winograd F(2x2, 3x3)
+# Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016): a 3x3 "same" convolution
+# computed on 4x4 input tiles (stride 2) as 16 matrix products of [tiles, C_in] x [C_in, C_out], 2.25x
+# fewer multiplications than the direct convolution. The transforms (B^T d B, G g G^T, A^T m A) have
+# entries 0, +-1 and +-1/2, written out below as sums of strided slices that XLA fuses into loops.
+
+CONV_ALGORITHMS = ("auto", "direct", "winograd")
+
+# Switch for `algorithm="auto"`: JAXVIZ_WINOGRAD=0 in the environment (read at import) keeps every
+# convolution direct, e.g. to time both ways (benchmarks/captum_bench.py) or to rule it out.
+WINOGRAD_AUTO = os.environ.get("JAXVIZ_WINOGRAD", "1") != "0"
+WINOGRAD_MIN_CHANNELS = 256
+
+
+def winograd_applies(kernel_shape, stride, padding, dtype, map_size=None) -> bool:
+    """Whether `conv2d(algorithm="auto")` uses Winograd F(2x2, 3x3): the CPU backend, float32, a 3x3
+    kernel with stride 1 and padding 1, and at least `WINOGRAD_MIN_CHANNELS` (256) channels in and
+    out. Measured on a 2-core CPU (jax 0.10, YNNPACK convolutions), Winograd's forward and input
+    gradient were 1.3-3x faster than XLA's direct convolution for 256-512 channels on 4x4 to 56x56
+    maps (VGG16's conv3_2 to conv5_3 at 64 and 224 px), and slower for 64-128 channels on maps of
+    32x32 and more (its transforms are memory-bound there); benchmarks/README.md. Maps of one 2x2
+    tile (`map_size` `(H, W)` of at most 2x2) stay direct: one tile per image makes the matrix products
+    one row high, which XLA's CPU backend computes as matrix-vector products that round differently
+    from the same row among others, so a batch of experiments would not reproduce one-by-one runs."""
+    kh, kw, cin, cout = kernel_shape
+    if map_size is not None and -(-map_size[0] // 2) * -(-map_size[1] // 2) < 2:
+        return False
+    return (
+        WINOGRAD_AUTO
+        and jax.default_backend() == "cpu"
+        and jnp.dtype(dtype) == jnp.float32
+        and (kh, kw) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and tuple(padding) == (1, 1)
+        and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+    )
+
+
+def _g_rows(a0, a1, a2):
+    # G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] applied along one kernel axis.
+    return [a0, 0.5 * (a0 + a1 + a2), 0.5 * (a0 - a1 + a2), a2]
+
+
+def winograd_kernel(kernel):
+    """`G k G^T` for each (C_in, C_out) pair: `[3, 3, C_in, C_out]` -> `[4, 4, C_in, C_out]`."""
+    rows = _g_rows(kernel[0], kernel[1], kernel[2])  # each [3, C_in, C_out]
+    return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2])) for r in rows])
+
+
+def _bt_rows(d0, d1, d2, d3):
+    # B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] applied along one tile axis.
+    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+
+
+def _winograd_same(x, u, transpose=False):
+    """3x3 "same" convolution (padding 1, stride 1) of `x` `[N, H, W, C]` with the transformed kernel
+    `u = winograd_kernel(k)` `[4, 4, C, D]`; with `transpose=True`, `u` is `[4, 4, D, C]` and is
+    contracted over its last axis (the input gradient: `u = winograd_kernel(k[::-1, ::-1])`, no
+    channel transpose needed). Odd sizes get one zero row / column more, cropped from the result."""
+    n, h, w, _ = x.shape
+    th, tw = -(-h // 2), -(-w // 2)
+    xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
+    v = []
+    for r in _bt_rows(*[xp[:, i : i + 2 * th : 2] for i in range(4)]):
+        v.extend(_bt_rows(*[r[:, :, j : j + 2 * tw : 2] for j in range(4)]))
+    v = jnp.stack(v).reshape(16, n * th * tw, x.shape[-1])
+    spec = "kpd,kcd->kpc" if transpose else "kpc,kcd->kpd"
+    m = jnp.einsum(spec, v, u.reshape(16, *u.shape[2:])).reshape(4, 4, n, th, tw, -1)
+    # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] along both tile axes.
+    out = []
+    for r in (m[0] + m[1] + m[2], m[1] - m[2] - m[3]):
+        out.append(jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], axis=3))  # [N, th, tw, 2, D]
+    y = jnp.stack(out, axis=2).reshape(n, 2 * th, 2 * tw, -1)
+    return y[:, :h, :w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_winograd(x, kernel, refuse_kernel_grad):
+    return _winograd_same(x, winograd_kernel(kernel))
+
+
+def _conv_winograd_fwd(x, kernel, refuse_kernel_grad):
+    if kernel.perturbed:
+        if refuse_kernel_grad:
+            raise ValueError(_FROZEN_KERNEL_GRAD)
+        # Training: the direct convolution and XLA's own derivatives (kernel gradient included).
+        y = _conv(x.value, kernel.value, (1, 1), ((1, 1), (1, 1)))
+        return y, (x.value, kernel.value, x.perturbed, True)
+    return _winograd_same(x.value, winograd_kernel(kernel.value)), (None, kernel.value, x.perturbed, False)
+
+
+def _conv_winograd_bwd(refuse_kernel_grad, res, g):
+    x, kernel, need_x, direct = res
+    if direct:
+        dx, dk = jax.vjp(lambda a, b: _conv(a, b, (1, 1), ((1, 1), (1, 1))), x, kernel)[1](g)
+        return (dx if need_x else None), dk
+    # The input gradient correlates g with the spatially flipped kernel, contracting its output channels.
+    return (_winograd_same(g, winograd_kernel(kernel[::-1, ::-1]), transpose=True) if need_x else None), None
+
+
+_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd, symbolic_zeros=True)
 
 
 KERNEL_GRADS = ("xla", "shifts", "auto")
@@ -116,7 +223,7 @@ def frozen_kernel_applies(kernel_shape, stride) -> bool:
     return tuple(stride) == (1, 1) and not _pads_channels(kernel_shape, stride)
 
 
-def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, kernel_grad="xla"):
+def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, kernel_grad="xla", algorithm="auto"):
     """2-D convolution (cross-correlation, like torch) with zero padding.
 
     Args:
@@ -137,6 +244,13 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
         forward pass (e.g. 128 px, 128 -> 64 channels, batch 4: 583 ms; as shifted products 290 ms;
         torch's 67 ms), see benchmarks/README.md. Values and input gradients are unchanged; kernel
         gradients agree to float rounding. `"shifts"` has no forward-mode (`jax.jvp`) rule.
+      algorithm: `"direct"` (XLA's convolution), `"winograd"` (Winograd F(2x2, 3x3); 3x3 kernels,
+        stride 1, padding 1 only) or `"auto"`: Winograd where `winograd_applies` (the CPU backend,
+        float32, 256 or more channels in and out; measured faster there), else direct. Winograd's
+        values and input gradients agree with the direct convolution to float rounding (about 2e-6
+        of the largest value in float32); differentiating with respect to the kernel (training) uses
+        the direct convolution and its derivatives. Winograd has no forward-mode (`jax.jvp`) rule, and
+        a NaN or inf pixel makes its whole 4x4 tile's outputs NaN (one pixel further than direct).
 
     Returns:
       `[N, H', W', C_out]` with `H' = (H + 2 ph - kh) // sh + 1`.
@@ -160,6 +274,14 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
     if kernel_grad == "auto":
         kernel_grad = "shifts" if jax.default_backend() == "cpu" else "xla"
     shifts = kernel_grad == "shifts" and not frozen and shifted_kernel_grad_applies(kernel.shape)
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}; got {algorithm!r}")
+    if algorithm == "winograd" and not ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)):
+        raise ValueError(f"algorithm='winograd' needs a 3x3 kernel, stride 1 and padding 1; got kernel {kh}x{kw}, stride {tuple(stride)}, padding {tuple(padding)}")
+    if algorithm == "winograd" or (
+        algorithm == "auto" and not shifts and winograd_applies(kernel.shape, stride, padding, x.dtype, x.shape[1:3])
+    ):
+        return _conv_winograd(x, kernel, kernel_t is not None) + _as_channels(bias, x)
     if _pads_channels(kernel.shape, stride):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 4 - cin)))
         kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 4 - cin), (0, 0)))

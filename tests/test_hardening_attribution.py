@@ -18,7 +18,7 @@ import pytest
 from jaxviz import attribution as A
 from jaxviz import loops
 from jaxviz import objectives as O
-from jaxviz.models import layers
+from jaxviz.models import base, layers
 from jaxviz.models.vgg import VGGConfig, make_vgg
 
 TINY = VGGConfig(convs=(8, "M", 16, "M", 16), hidden=(32,), num_classes=10, pooled_size=(2, 2))
@@ -156,6 +156,24 @@ def test_max_pool_propagates_nan(window, stride):
         assert g[0, 0, 0, 0] == 1 and g[0, 0, 1, 0] == 0
         t = np.asarray(jax.jvp(lambda v: f(v, window, stride), (xn,), (jnp.ones_like(xn),))[1])
         np.testing.assert_array_equal(np.isnan(t), nan_out)
+
+
+def test_default_relu_keeps_nan_and_has_relus_derivatives():
+    """The models' ReLU: forward `max(x, 0)` with NaN kept (also inside a fused reduction under jit);
+    first derivative 1 for x > 0 and for NaN, 0 for x <= 0 (what autodiff gives
+    `where(isnan(x), x, relu(x))`, checked against that expression); second derivative 0."""
+    relu = base._default_relu
+    x = jnp.asarray([-2.0, -0.0, 0.0, 1e-30, 3.0, jnp.inf, -jnp.inf, jnp.nan], jnp.float32)
+    reference = lambda v: jnp.where(jnp.isnan(v), v, jax.nn.relu(v))  # noqa: E731
+    np.testing.assert_array_equal(relu(x), reference(x))
+    assert np.isnan(jax.jit(lambda v: jnp.max(relu(v)))(x))  # XLA's fused max must not drop the NaN
+    g = jnp.asarray([1.5, -2.0, 3.0, 4.0, -5.0, 6.0, 7.0, 8.0], jnp.float32)
+    for f in (relu, jax.jit(relu)):
+        np.testing.assert_array_equal(jax.vjp(f, x)[1](g)[0], jax.vjp(reference, x)[1](g)[0])
+        np.testing.assert_array_equal(jax.jvp(f, (x,), (g,))[1], jax.jvp(reference, (x,), (g,))[1])
+        np.testing.assert_array_equal(jax.vjp(f, x)[1](g)[0], [0.0, 0.0, 0.0, 4.0, -5.0, 6.0, 0.0, 8.0])
+    finite = x[:6]
+    np.testing.assert_array_equal(jax.vmap(jax.grad(jax.grad(relu)))(finite), np.zeros(6))
 
 
 # --------------------------------------------------------------------------- concrete bad input

@@ -270,7 +270,8 @@ class Model:
           until: stop after this layer (inclusive): style or inversion work need not pay for the
             classifier, and `until=model.trunk[-1]` runs the convolutional trunk at any size.
           relu: replacement for every ReLU of the network (e.g. guided backprop's `custom_vjp`
-            ReLU); `None` keeps `jax.nn.relu`.
+            ReLU); `None` keeps the network's ReLU (`max(x, 0)`, NaN kept, with jax.nn.relu's
+            derivative and 1 at NaN).
           pool: `"max"` (the network as trained) or `"avg"` (average pooling with the same windows,
             used by texture and style synthesis), if the model supports it (`pool_modes`).
           perturb: `{layer: delta}` added to those layers' outputs before the network goes on; the

@@ -82,10 +82,11 @@ def winograd_applies(kernel_shape, stride, padding, dtype, map_size=None) -> boo
     """Whether `conv2d(algorithm="auto")` uses Winograd F(2x2, 3x3): the CPU backend, float32, a 3x3
     kernel with stride 1 and padding 1, and at least `WINOGRAD_MIN_CHANNELS` (256) channels in and
     out. Measured on a 2-core AMD EPYC (jax 0.10, YNNPACK convolutions; `benchmarks/winograd_bench.py`),
-    Winograd's forward pass was 1.1-2.3x and its input gradient 1.4-2.3x faster than XLA's direct
+    Winograd's forward pass was 1.1-2.3x and its input gradient 1.3-2.3x faster than XLA's direct
     convolution for 256-512 channels on 4x4 to 56x56 maps (VGG16's conv3_2 to conv5_3 at 224 px batch
-    1 and 64 px batch 4 and 16), and up to 2.7x slower for 64 channels, and for 64-128 channels on
-    maps of 32x32 and more at batch 16 (its transforms are memory-bound there). Maps of one 2x2
+    1 and 64 px batch 4 and 16), and 1.2-2.7x slower for 64 -> 64 channels in every configuration and
+    for 64-128 -> 128 channels at 112 px (batch 1) and 32 px (batch 16): its transforms are
+    memory-bound there. Maps of one 2x2
     tile (`map_size` `(H, W)` of at most 2x2) stay direct: one tile per image makes the matrix products
     one row high, which XLA's CPU backend computes as matrix-vector products that round differently
     from the same row among others, so a batch of experiments would not reproduce one-by-one runs."""

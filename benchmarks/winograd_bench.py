@@ -4,8 +4,9 @@ For each (size, batch): every distinct 3x3 layer shape of VGG16 (forward, and in
 output gradient), `layers.conv2d(algorithm="direct")` against `algorithm="winograd"`; then VGG16's
 forward pass and its input gradient of class scores (what saliency computes), with `algorithm="auto"`
 (Winograd where `layers.winograd_applies`) against direct convolutions only (`layers.WINOGRAD_AUTO =
-False`, traced separately in the same process). Random VGG16 weights, float32, jitted, params as
-arguments; medians of `--repeats` calls after a warm-up, the variants alternating call by call.
+False`, traced separately in the same process), with the time of each program's first call (tracing,
+compilation and one run). Random VGG16 weights, float32, jitted, params as arguments; medians of
+`--repeats` calls after a warm-up, the variants alternating call by call.
 
     python benchmarks/winograd_bench.py                       # 224 px batch 1, 64 px batch 4 and 16
     python benchmarks/winograd_bench.py --configs 224x4 --no-layers
@@ -74,14 +75,19 @@ def whole(model, params, size: int, batch: int, repeats: int) -> None:
             return jnp.take_along_axis(model.apply(p, v)["fc8"], t[:, None], 1).sum()
         return jax.jit(lambda p, v: model.apply(p, v)["fc8"]), jax.jit(jax.grad(score, argnums=1))
 
+    def first_call(f):  # trace + compile + one run, in seconds
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(params, x))
+        return time.perf_counter() - t0
+
     saved = layers.WINOGRAD_AUTO
     try:
         layers.WINOGRAD_AUTO = False
         fwd_d, grad_d = make()
-        jax.block_until_ready((fwd_d(params, x), grad_d(params, x)))  # traced now, with direct convolutions
+        first = {"fd": first_call(fwd_d), "gd": first_call(grad_d)}  # traced now, with direct convolutions
         layers.WINOGRAD_AUTO = True
         fwd_w, grad_w = make()
-        jax.block_until_ready((fwd_w(params, x), grad_w(params, x)))
+        first.update(fw=first_call(fwd_w), gw=first_call(grad_w))
     finally:
         layers.WINOGRAD_AUTO = saved
     gd, gw = grad_d(params, x), grad_w(params, x)
@@ -90,7 +96,8 @@ def whole(model, params, size: int, batch: int, repeats: int) -> None:
                   "gd": lambda: grad_d(params, x), "gw": lambda: grad_w(params, x)}, repeats)
     print(f"VGG16 {size} px batch {batch}: forward {ms['fd']:.1f} -> {ms['fw']:.1f} ms ({ms['fd'] / ms['fw']:.2f}x), "
           f"input gradient {ms['gd']:.1f} -> {ms['gw']:.1f} ms ({ms['gd'] / ms['gw']:.2f}x); "
-          f"gradients differ by {diff:.1e} of the largest", flush=True)
+          f"gradients differ by {diff:.1e} of the largest; first call (trace, compile, run): forward "
+          f"{first['fd']:.2f} -> {first['fw']:.2f} s, input gradient {first['gd']:.2f} -> {first['gw']:.2f} s", flush=True)
 
 
 def main(argv=None):

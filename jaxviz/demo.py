@@ -730,7 +730,7 @@ def _digits_synthesis(w: _Writer, params, cfg: Settings) -> None:
     w.figure(
         plot.image_grid(
             np.concatenate([np.asarray(fool["clean"]), pert, np.asarray(fool["fooled"])]), ncols=len(idx),
-            titles=[f"a {l}" for l in labels] + ["perturbation (0 = grey)"] + [""] * (len(idx) - 1)
+            titles=[f"a {l}" for l in labels] + ["perturbation\n(0 = grey)"] + [""] * (len(idx) - 1)
             + [f"-> {t}" + ("" if s else " (failed)") for t, s in zip(tgt, succ)],
             cell=1.1, title=f"{net}: fooling images (L-inf {np.median(linf):.3f} median)",
         ),

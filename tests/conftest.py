@@ -8,9 +8,23 @@ import os
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# numpy asks the kernel for transparent huge pages for every large array. Where the kernel then
+# compacts memory to find free huge pages (THP "defrag=madvise", Ubuntu's default, and this project's
+# CI machine), a fresh 400 MB array can take 4-10 s to fault in instead of 0.5 s (measured on the
+# 2-vCPU AMD EPYC machine, 2026-12-01; the converter's fc6 re-layout 5.8 s against 0.7 s): the
+# torch-parity tests allocate several such arrays per architecture. Ordinary pages for the test
+# processes (numpy reads this variable at import; pytest-xdist workers inherit it; the call below
+# covers a numpy imported before this file).
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+try:
+    from numpy._core.multiarray import _set_madvise_hugepage  # noqa: E402
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _set_madvise_hugepage  # noqa: E402
+_set_madvise_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
 import pytest  # noqa: E402
 
 from jaxviz import pretrained  # noqa: E402

@@ -43,11 +43,20 @@ def test_held_out_reconstruction_error_falls(gen_run):
     assert np.all(np.diff(held) < 0), held
 
 
-def test_trains_once_then_cached(gen_run, digits_params):
+def test_trains_once_then_cached(gen_run, digits_params, monkeypatch):
     assert gen_run["calls"] > 0
-    calls = []
+    calls, concrete_init = [], []
+    real_init = G._init_gen
+
+    def spy_init(module, key, codes):
+        concrete_init.append(not isinstance(codes, jax.core.Tracer))
+        return real_init(module, key, codes)
+
+    monkeypatch.setattr(G, "_init_gen", spy_init)
     again = G.digits_generator(digits_params, cache_dir=gen_run["cache"], recipe=CI_RECIPE, progress=lambda e, s, m: calls.append(s))
     assert calls == []
+    # A finished cache is restored into the state's traced shapes: no initialisation is computed.
+    assert concrete_init and not any(concrete_init)
     for a, b in zip(jax.tree_util.tree_leaves(again.params), jax.tree_util.tree_leaves(gen_run["gen"].params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # another classifier (or recipe) is another cache entry

@@ -115,18 +115,19 @@ def test_traced_nan_images_give_nan_not_finite_answers(digits, images):
     model, params = digits
     x = images[:2].at[0, 5, 6, 1].set(jnp.nan)
     clean = images[1:2]
-    # One layer of each kind behind each pooling stage (every trunk layer costs a compilation).
+    # One layer of each kind behind each pooling stage (every trunk layer costs a compilation). The
+    # parameters are arguments: closed over, XLA folds them as constants (twice the compile time).
     for layer in ("relu1_1", "pool1", "conv2_1", "relu2_2", "pool2", "relu3_2", "pool3"):
-        maps = jax.jit(lambda x, layer=layer: inspection.activation_maps(model, params, x, layer))(x)
+        maps = jax.jit(lambda p, x, layer=layer: inspection.activation_maps(model, p, x, layer))(params, x)
         assert bool(jnp.isnan(maps[0]).any()), f"{layer}: the NaN pixel vanished"
         assert not bool(jnp.isnan(maps[1]).any()), f"{layer}: NaN leaked into another image"
         np.testing.assert_allclose(maps[1:], inspection.activation_maps(model, params, clean, layer), rtol=1e-5, atol=1e-6)
-    feats = jax.jit(lambda x: inspection.features(model, params, x))(x)
+    feats = jax.jit(lambda p, x: inspection.features(model, p, x))(params, x)
     assert bool(jnp.isnan(feats[0]).all()), "fc features of a NaN image must be NaN"
     assert bool(jnp.isfinite(feats[1]).all())
-    _, values = jax.jit(lambda x: inspection.top_channels(model, params, x, "relu3_2", k=3))(x)
+    _, values = jax.jit(lambda p, x: inspection.top_channels(model, p, x, "relu3_2", k=3))(params, x)
     assert bool(jnp.isnan(values[0]).all()) and bool(jnp.isfinite(values[1]).all())
-    top = jax.jit(lambda x: inspection.max_activating_patches(model, params, x, "relu2_1", [0, 5], k=2))(x)
+    top = jax.jit(lambda p, x: inspection.max_activating_patches(model, p, x, "relu2_1", [0, 5], k=2))(params, x)
     assert bool(jnp.isnan(top.values).all()) and bool(jnp.isnan(top.patches).all())
     assert bool((top.image_index == -1).all())
 
@@ -205,8 +206,8 @@ def test_traced_out_of_range_indices_give_nan(digits, images):
     model, params = digits
     x = images[:4]
     ref = inspection.max_activating_patches(model, params, x, "relu2_1", [3], k=3)
-    top = jax.jit(lambda ch: inspection.max_activating_patches(model, params, x, "relu2_1", ch, k=3))(
-        jnp.array([3, 64, -1, 1000])
+    top = jax.jit(lambda p, ch: inspection.max_activating_patches(model, p, x, "relu2_1", ch, k=3))(
+        params, jnp.array([3, 64, -1, 1000])
     )
     np.testing.assert_allclose(top.values[0], ref.values[0], rtol=1e-6)
     np.testing.assert_array_equal(top.image_index[0], ref.image_index[0])

@@ -150,7 +150,7 @@ def test_traced_out_of_range_through_the_network(setup):
     r = np.asarray(acts["relu2_2"])
     active = jnp.asarray([np.argmax(r[0, 4, 8]), 0, np.argmax(r[2, 8, 8])])  # units with a gradient
     obj = O.neuron("relu2_2", active, y=jnp.asarray([4, 99, 8]))
-    grad = jax.jit(jax.grad(lambda im, o: jnp.nansum(O.evaluate(model, params, im, o))))(x, obj)
+    grad = jax.jit(jax.grad(lambda p, im, o: jnp.nansum(O.evaluate(model, p, im, o)), argnums=1))(params, x, obj)
     grad = np.asarray(grad)
     assert np.isnan(grad[1]).all()
     assert np.isfinite(grad[[0, 2]]).all() and np.abs(grad[[0, 2]]).max() > 0

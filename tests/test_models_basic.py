@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 
 from jaxviz import models
-from jaxviz.models import layers
+from jaxviz.models import base, layers
 
 
 def test_vgg16_layer_names():
@@ -45,6 +45,34 @@ def test_until_and_trunk_any_size():
     assert acts["pool5"].shape == (1, 1, 2, 512)
     assert models.spatial_shape(model, "pool5", (45, 77)) == (1, 2)
 
+
+
+def test_concrete_apply_is_one_compiled_program_in_forward_order():
+    """`apply` on concrete arrays runs one cached jit-compiled program (not op by op), returns the
+    layers in forward order and the values of the same network traced inside the caller's jit; an
+    unhashable `relu=` still works (op by op)."""
+    model = models.get("digits")
+    params = model.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    before = base._run_jit._cache_size()
+    acts = model.apply(params, x, until="relu4")
+    assert list(acts) == list(model.layer_names[: model.index("relu4") + 1])
+    assert base._run_jit._cache_size() == before + 1
+    model.apply(params, 0.5 * x, until="relu4")  # new values, same shapes: no new program
+    assert base._run_jit._cache_size() == before + 1
+    inline = jax.jit(lambda p, im: model.apply(p, im, until="relu4"))(params, x)
+    for name in acts:
+        np.testing.assert_allclose(acts[name], inline[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, v):
+            return jnp.maximum(v, 0)
+
+    plain = model.apply(params, x, until="relu4", relu=Unhashable())
+    np.testing.assert_allclose(plain["relu4"], acts["relu4"], rtol=1e-5, atol=1e-6)
+    assert base._run_jit._cache_size() == before + 1
 
 @pytest.mark.parametrize(
     "shape,match",

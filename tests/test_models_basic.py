@@ -38,13 +38,9 @@ def test_until_and_trunk_any_size():
     model = models.get("vgg11")
     params = model.init(jax.random.key(0))
     x = jnp.zeros((1, 45, 77, 3))
-    # jitted: op by op (eagerly) the same call compiles each layer's operations separately, 8 times as long
-    acts = jax.jit(model.apply, static_argnames="until")(params, x, until=model.trunk[-1])
-    # (a jitted function returns its dict with sorted keys: compare the set of layers computed)
-    assert model.trunk[-1] == "pool5" and set(acts) == set(model.layer_names[: model.index("pool5") + 1])
-    assert acts["pool5"].shape == (1, 1, 2, 512)
+    acts = model.apply(params, x, until=model.trunk[-1])  # one compiled program (see the next test)
+    assert list(acts)[-1] == "pool5" and acts["pool5"].shape == (1, 1, 2, 512)
     assert models.spatial_shape(model, "pool5", (45, 77)) == (1, 2)
-
 
 
 def test_concrete_apply_is_one_compiled_program_in_forward_order():

@@ -53,19 +53,16 @@ import numpy as np
 from jax import lax
 
 from jaxviz import imaging, loops
+from jaxviz._util import is_traced
 from jaxviz.models.base import check_pixel_values
 
 Array = jax.Array
 
 
-def _is_traced(x) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
-
-
 def _check_finite(x, name: str) -> None:
     """Concrete arrays must be finite (a `ValueError` naming the rows); traced ones pass and
     propagate NaN."""
-    if _is_traced(x) or x.size == 0:
+    if is_traced(x) or x.size == 0:
         return
     with jax.ensure_compile_time_eval():  # eager even inside a user's jit (x is concrete)
         finite = np.asarray(jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
@@ -171,7 +168,7 @@ def conditional_probabilities(
     if not jnp.issubdtype(d.dtype, jnp.floating):
         d = d.astype(jnp.float32)
     _check_finite(d, "sq_distances")
-    if not _is_traced(d) and bool(np.any(np.asarray(d) < 0)):
+    if not is_traced(d) and bool(np.any(np.asarray(d) < 0)):
         raise ValueError("sq_distances must be >= 0 (squared distances)")
     if not 0 < perplexity < d.shape[0]:
         raise ValueError(f"perplexity must be in (0, {d.shape[0]}) (the number of points); got {perplexity}")

@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from jaxviz import imaging, loops
+from jaxviz._util import is_traced
 from jaxviz.models.base import Model, ReceptiveField, check_pixel_values, receptive_field, spatial_shape
 
 Array = jax.Array
@@ -45,10 +46,6 @@ PIXELS = "pixels"
 
 
 # --------------------------------------------------------------------------- helpers
-def _is_traced(x) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
-
-
 def _check_batch(model: Model, images, what: str = "images"):
     """`images` as an array, or a `ValueError` saying what is wrong (rank, channels, dtype, size,
     empty batch, non-finite values, values outside [0, 1]; see `Model.check_images`)."""
@@ -109,7 +106,7 @@ def _require_spatial(model: Model, layer: str, shape: tuple[int, ...]) -> None:
 def _channel_indices(channels, n: int, layer: str):
     """Concrete channels as int32 after a range check; traced ones pass (they give NaN results
     where out of range, see `_take_channels`)."""
-    if _is_traced(channels):
+    if is_traced(channels):
         ch = jnp.atleast_1d(jnp.asarray(channels))
         if ch.ndim != 1 or ch.size == 0 or not jnp.issubdtype(ch.dtype, jnp.integer):
             raise ValueError(f"channels must be a non-empty sequence of integers; got {channels!r}")
@@ -148,7 +145,7 @@ def _scan(fn, static, consts, carry, xs, loop: str):
     """`loops.scan(fn, static, consts, carry, xs, loop=loop)`, except that an eager call in scan
     mode runs one jitted program cached per `(fn, static)` and shapes: an eager `lax.scan`
     re-traces and re-compiles its body on every call."""
-    if loops.resolve(loop, consts, carry, xs) == "scan" and not _is_traced((consts, carry, xs)):
+    if loops.resolve(loop, consts, carry, xs) == "scan" and not is_traced((consts, carry, xs)):
         return _scan_compiled(fn, static, consts, carry, xs)
     return loops.scan(fn, static, consts, carry, xs, loop=loop)
 
@@ -226,7 +223,7 @@ def first_layer_filters(
         raise ValueError(f"a conv kernel must be [kh, kw, C_in, C_out] (HWIO); got shape {kernel.shape}")
     if 0 in kernel.shape:
         raise ValueError(f"the conv kernel is empty (shape {kernel.shape})")
-    if not _is_traced(kernel):
+    if not is_traced(kernel):
         with jax.ensure_compile_time_eval():
             n_bad = int(jnp.size(kernel) - jnp.sum(jnp.isfinite(kernel)))
         if n_bad:
@@ -472,7 +469,7 @@ def crop_receptive_field(
     for name, v, limit, where in limits:
         if not jnp.issubdtype(v.dtype, jnp.integer):
             raise ValueError(f"{name} must be integers; got dtype {v.dtype}")
-        if not _is_traced(v):
+        if not is_traced(v):
             a = np.asarray(v)
             if a.size and (a.min() < 0 or a.max() >= limit):
                 raise ValueError(f"{name} must be in [0, {limit}) ({where}); got {a.tolist()}")
@@ -888,7 +885,7 @@ def features(
 def _check_vectors(x, what: str, offset: int = 0):
     """Concrete `[R, D]` vectors must be finite (NaN or inf rows named, counted from `offset`);
     traced ones pass."""
-    if _is_traced(x) or x.size == 0:
+    if is_traced(x) or x.size == 0:
         return
     with jax.ensure_compile_time_eval():  # eager even inside a user's jit (x is concrete)
         finite = jnp.all(jnp.isfinite(x), axis=1)

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxviz._util import is_traced
+
 LOOPS = ("auto", "python", "scan")
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
@@ -46,21 +48,17 @@ StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 _jitted: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
 
 
-def _is_traced(tree) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
-
-
 def resolve(loop: str, *trees) -> str:
     """The concrete mode (`"python"` or `"scan"`) that `loop` selects for arguments `trees`."""
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}; got {loop!r}")
     if loop != "auto":
-        if loop == "python" and _is_traced(trees):
+        if loop == "python" and is_traced(trees):
             # Under a transformation a Python loop still works (it unrolls into the trace); it is
             # the caller's explicit choice, so honour it.
             return "python"
         return loop
-    if _is_traced(trees) or jax.default_backend() != "cpu":
+    if is_traced(trees) or jax.default_backend() != "cpu":
         return "scan"
     return "python"
 

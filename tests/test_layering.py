@@ -14,6 +14,8 @@ PACKAGE_DIR = pathlib.Path(jaxviz.__file__).parent
 #: What `jaxviz.models` may not import: training, data, files, provisioning of trained weights (and
 #: everything above them).
 NOT_BELOW_MODELS = ("jaxviz.io", "jaxviz.train", "jaxviz.data", "jaxviz.pretrained", "jaxviz.demo", "jaxviz.cli")
+#: The bottom layer: helpers every module may import, importing nothing from jaxviz themselves.
+BOTTOM = ("jaxviz._util",)
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -99,10 +101,12 @@ def test_models_hold_architectures_only():
     for m in MODULES:
         if m == "jaxviz.models" or m.startswith("jaxviz.models."):
             bad = {dep: lines for dep, lines in imports_of(m).items()
-                   if dep.startswith(NOT_BELOW_MODELS) or not dep.startswith("jaxviz.models")}
+                   if dep.startswith(NOT_BELOW_MODELS) or not (dep.startswith("jaxviz.models") or dep in BOTTOM)}
             if bad:
                 offending[m] = bad
     assert not offending, f"jaxviz.models imports from layers above it: {offending}"
+    for m in BOTTOM:
+        assert m in MODULES and not imports_of(m), f"{m} is the bottom layer; it imports {imports_of(m)}"
 
 
 def test_cycle_detection_on_a_known_cycle(tmp_path, monkeypatch):

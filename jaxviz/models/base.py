@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxviz._util import is_traced
+
 Array = jax.Array
 Params = Any
 
@@ -137,10 +139,6 @@ def _run(model: "Model", until, relu, pool, params, images, perturb):
 
 
 _run_jit = jax.jit(_run, static_argnums=(0, 1, 2, 3))
-
-
-def _is_traced(tree) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _hashable(value) -> bool:
@@ -324,7 +322,7 @@ class Model:
             delta = dict(perturb)
         relu = _default_relu if relu is None else relu
         args = (self, until, relu, pool, params, images, delta)
-        if _is_traced((params, images, delta)) or not _hashable(relu):
+        if is_traced((params, images, delta)) or not _hashable(relu):
             return _run(*args)  # inside the caller's transformation (or an unhashable relu=): inline
         # Called on concrete arrays: one compiled program (cached per model, until, relu, pool and
         # shapes) instead of compiling and dispatching every operation on its own. VGG16 at 224 px,

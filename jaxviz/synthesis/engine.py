@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 from jaxviz import loops
+from jaxviz._util import is_traced
 
 Array = jax.Array
 
@@ -308,7 +309,7 @@ def _leading(tree, what: str) -> Optional[int]:
 
 
 def _is_concrete(*trees) -> bool:
-    return not loops._is_traced(trees)
+    return not is_traced(trees)
 
 
 def optimize(

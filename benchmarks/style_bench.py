@@ -5,7 +5,8 @@ The step: VGG19 to relu5_1, content relu4_2 (MSE x 5), Gram/(CHW) MSE x 100 at r
 (neural-style's half-sum-squared on the 0-256 image) x 1e-3, on neural-style's raw variable
 (256 x - mean pixel); Adam (lr 10) or L-BFGS (history 100, step 1, no line search: torch
 `LBFGS(max_iter=steps, history_size=100, tolerance_* = -1)` called once, as neural-style does; jaxviz
-`optax.lbfgs(learning_rate=1, memory_size=100, linesearch=None)`). Also: a batch of B styles in one
+`synthesis.optimizers.lbfgs()`, the same algorithm as an optax transformation; runs before
+2026-12-01 16:00 used `optax.lbfgs(learning_rate=1, memory_size=100, linesearch=None)`). Also: a batch of B styles in one
 `transfer_many` call against B sequential runs, and XLA's compiled memory analysis (temporaries of
 value_and_grad of the loss) with and without `remat=True` (and bf16).
 

@@ -142,8 +142,9 @@ def test_lbfgs_average_pooling(vgg11):
                          style_weight=1e4, tv_weight=0.0)
     l = np.asarray(res.losses[0][:, 0])
     assert np.all(np.isfinite(l))
-    # Measured 65x in 40 steps; criterion 10x in 30.
-    assert l[0] / l[-1] > 10, l
+    # L-BFGS without line search overshoots at times (neural-style's too), so the path depends on
+    # rounding: keys 0-9 fell 9.8-71x in 30 steps, key 0 compiled at LLVM -O0 7.6x; criterion 3x.
+    assert l[0] / l[-1] > 3, l
 
 
 def test_transfer_many_masks_region_gets_its_style(vgg11):

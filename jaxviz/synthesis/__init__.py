@@ -8,6 +8,8 @@
   * `param`: image parameterisations (`Pixels`, `FFT`, lucid's colour decorrelation);
   * `transforms`: stochastic `(key, images) -> images` (pad, jitter, scale, rotate,
     `standard_transforms()`);
+  * `optimizers`: torch's L-BFGS without line search (neural-style's optimiser) as an optax
+    transformation;
   * `regularizers`: loss terms on images (L1, L2, total variation, alpha-norm) and between-step
     operations as optax transformations (decay, blur, percentile zeroing, clipping, Yosinski's
     order, DeepDream's gradient normalisation);
@@ -32,6 +34,7 @@ from jaxviz.synthesis import (
     inversion,
     losses,
     nn_texture,
+    optimizers,
     style,
     texture,
 )
@@ -54,6 +57,7 @@ __all__ = [
     "inversion",
     "losses",
     "nn_texture",
+    "optimizers",
     "style",
     "texture",
     "Result",

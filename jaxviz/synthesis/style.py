@@ -34,8 +34,8 @@ the model then normalises as it always does (torchvision's mean/std for VGG). So
 Options (defaults as neural-style unless said)
 ----------------------------------------------
 content layer relu4_2, style layers relu1_1..relu5_1 (per-layer weights `style_layer_weights`),
-weights 5 / 100 / 1e-3, L-BFGS (`optax.lbfgs(learning_rate=1, memory_size=100, linesearch=None)`,
-see `LBFGS_NOTE`) or Adam (lr 10), `style_scale` (style resized to `round(style_scale * long side)`
+weights 5 / 100 / 1e-3, L-BFGS (torch's, without line search, history 100:
+`jaxviz.synthesis.optimizers.lbfgs`, see `LBFGS_NOTE`) or Adam (lr 10), `style_scale` (style resized to `round(style_scale * long side)`
 long side; neural-style Lua uses ceil, -pt int), several style images blended with weights
 normalised to sum 1, init "random" / "content" / "style" / an image, max or average pooling,
 `normalize_gradients` (each loss term's gradient at its layer L1-normalised, then times its weight,
@@ -88,7 +88,7 @@ import numpy as np
 import optax
 
 from jaxviz.models import base
-from jaxviz.synthesis import color, engine, losses
+from jaxviz.synthesis import color, engine, losses, optimizers
 from jaxviz.synthesis.texture import check_layers
 
 Array = jax.Array
@@ -103,10 +103,11 @@ OPTIMIZERS = ("lbfgs", "lbfgs-linesearch", "adam")
 DREAM_MAX_GRAD = 100.0
 
 LBFGS_NOTE = (
-    "optimizer='lbfgs' is optax.lbfgs(learning_rate=1.0, memory_size=100, linesearch=None): like "
-    "neural-style's torch L-BFGS (history 100, step 1, no line search, one evaluation per step) except "
-    "its first step, scaled by min(1, 1/||g||_2) (torch: min(1, 1/||g||_1)), and curvature pairs are "
-    "kept unless s.y == 0 (torch skips s.y <= 1e-10). 'lbfgs-linesearch' keeps optax's zoom line search "
+    "optimizer='lbfgs' is torch's L-BFGS without line search as neural-style runs it (history 100, "
+    "step 1, the first step min(1, 1/||g||_1), one evaluation per step, a curvature pair stored only "
+    "when s.y > 1e-10): `jaxviz.synthesis.optimizers.lbfgs`, equal to torch.optim.LBFGS to float64 "
+    "rounding. Not optax.lbfgs(linesearch=None), which keeps pairs of negative curvature and can climb "
+    "on a style loss. 'lbfgs-linesearch' is optax.lbfgs(memory_size=100) with its zoom line search "
     "(more evaluations per step, monotone)."
 )
 
@@ -228,7 +229,7 @@ def make_optimizer(optimizer="lbfgs", learning_rate: Optional[float] = None, cli
         if optimizer == "adam":
             base_opt = optax.adam(10.0 if lr is None else lr)
         elif optimizer == "lbfgs":
-            base_opt = optax.lbfgs(learning_rate=1.0 if lr is None else lr, memory_size=100, linesearch=None)
+            base_opt = optimizers.lbfgs(learning_rate=1.0 if lr is None else lr, history_size=100)
         else:
             base_opt = optax.lbfgs(learning_rate=lr, memory_size=100)
     else:

@@ -7,8 +7,9 @@ swaps max for average pooling (the paper's recommendation for nicer gradients).
 
 Defaults: the paper's layers conv1_1, pool1, pool2, pool3, pool4 with equal weights, its loss E_l
 (`losses` convention "gatys": Gram by H*W, mean over C^2, / 4), Adam (lr 0.02) on pixels clipped to
-[0, 1] after every step. The paper used L-BFGS: pass `optimizer=optax.lbfgs()` (or any optax
-transformation; the images are clipped to [0, 1] on output either way).
+[0, 1] after every step. The paper used L-BFGS: pass `optimizer=optax.lbfgs()` (zoom line search)
+or `synthesis.optimizers.lbfgs()` (torch's, no line search, as neural-style), or any optax
+transformation; the images are clipped to [0, 1] on output either way.
 
     res = texture.synthesize(model, params, sources, (128, 128), key=jax.random.key(0), steps=500)
     res.images            # [n, 128, 128, 3] in [0, 1]

@@ -3,7 +3,8 @@
 `lbfgs`: torch's L-BFGS without line search (`torch.optim.LBFGS(lr, history_size,
 line_search_fn=None)`, the optimiser of neural-style, neural-style-pt and pystiche) as an optax
 transformation: one gradient per step, step `lr` (the first `min(1, 1/||g||_1) * lr`), and a
-curvature pair (s, y) stored only when `s . y > 1e-10`. optax's `scale_by_lbfgs` (0.2.8) stores
+curvature pair (s, y) stored only when `s . y > 1e-10` (torch; here by default relative to
+`||s|| ||y||`, see `lbfgs`). optax's `scale_by_lbfgs` (0.2.8) stores
 every pair unless `s . y == 0`: on a non-convex loss (style, texture) a pair of negative curvature
 makes its inverse-Hessian estimate indefinite, and without a line search the next steps can climb
 (measured on a VGG11 average-pooling style loss: the loss jumping from 0.006 to 1.8e3 in one step
@@ -60,6 +61,14 @@ def lbfgs(learning_rate: float = 1.0, history_size: int = 100, *, relative: bool
     directional derivative g . d exceeds -tolerance_change, which with a positive definite estimate
     and tolerance -1 does not happen. `update` needs `params`; extra arguments (`value`, `grad`,
     `value_fn` from the engine) are ignored.
+
+    `relative`: store a pair when `s . y > 1e-10 * ||s|| ||y||` (default), or, with False, when
+    `s . y > 1e-10` as torch does. torch's absolute bound depends on the loss's scale: on a loss of
+    small scale (a style loss on randomly initialised features is about 1e-2) every pair is
+    refused and the run takes plain gradient steps of size |g|, which barely move; the relative
+    bound refuses the same pairs of negative or vanishing curvature at any scale, and makes the same
+    decisions as torch wherever `s . y` is far from both bounds (neural-style's losses in its 0-256
+    pixel scale). `tests/test_optimizers.py` checks both against torch.
     """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive; got {learning_rate}")

@@ -105,8 +105,10 @@ DREAM_MAX_GRAD = 100.0
 LBFGS_NOTE = (
     "optimizer='lbfgs' is torch's L-BFGS without line search as neural-style runs it (history 100, "
     "step 1, the first step min(1, 1/||g||_1), one evaluation per step, a curvature pair stored only "
-    "when s.y > 1e-10): `jaxviz.synthesis.optimizers.lbfgs`, equal to torch.optim.LBFGS to float64 "
-    "rounding. Not optax.lbfgs(linesearch=None), which keeps pairs of negative curvature and can climb "
+    "when s.y > 1e-10 ||s|| ||y|| (torch: s.y > 1e-10, which refuses every pair of a loss of small "
+    "scale)): `jaxviz.synthesis.optimizers.lbfgs`, equal to torch.optim.LBFGS to float64 rounding "
+    "(tests/test_optimizers.py). Not optax.lbfgs(linesearch=None), which keeps pairs of negative "
+    "curvature and can climb "
     "on a style loss. 'lbfgs-linesearch' is optax.lbfgs(memory_size=100) with its zoom line search "
     "(more evaluations per step, monotone)."
 )

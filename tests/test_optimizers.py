@@ -101,3 +101,25 @@ def test_update_needs_params():
     tx = optimizers.lbfgs()
     with pytest.raises(ValueError, match="params"):
         tx.update(jnp.ones(3), tx.init(jnp.ones(3)))
+
+
+def test_a_batch_of_experiments_equals_one_by_one():
+    """The engine vmaps the optimiser over experiments: each keeps its own history (a different loss
+    scale and start per experiment), as when run alone."""
+    tx = optimizers.lbfgs()
+    scales = jnp.asarray([1.0, 1e-3, 30.0], jnp.float32)
+    starts = jnp.asarray(np.random.default_rng(1).normal(0.0, 0.5, (3, N)), jnp.float32)
+
+    def run(x, scale):
+        grad = jax.grad(lambda x: _bowl(x, jnp, scale))
+        state = tx.init(x)
+        for _ in range(12):
+            u, state = tx.update(grad(x), state, x)
+            x = x + u
+        return x, state.skipped
+
+    batch, skipped = jax.jit(jax.vmap(run))(starts, scales)
+    for e in range(3):
+        one, sk = jax.jit(run)(starts[e], scales[e])
+        assert int(sk) == int(skipped[e])
+        np.testing.assert_allclose(np.asarray(batch[e]), np.asarray(one), rtol=1e-5, atol=1e-6)

@@ -4,12 +4,13 @@
 line_search_fn=None)`, the optimiser of neural-style, neural-style-pt and pystiche) as an optax
 transformation: one gradient per step, step `lr` (the first `min(1, 1/||g||_1) * lr`), and a
 curvature pair (s, y) stored only when `s . y > 1e-10` (torch; here by default relative to
-`||s|| ||y||`, see `lbfgs`). optax's `scale_by_lbfgs` (0.2.8) stores
-every pair unless `s . y == 0`: on a non-convex loss (style, texture) a pair of negative curvature
-makes its inverse-Hessian estimate indefinite, and without a line search the next steps can climb
-(measured on a VGG11 average-pooling style loss: the loss jumping from 0.006 to 1.8e3 in one step
-and the run stalling afterwards, depending only on rounding); with torch's rule the estimate stays
-positive definite.
+`||s|| ||y||`, see `lbfgs`). optax's `scale_by_lbfgs` (0.2.8) stores every pair unless
+`s . y == 0`: on a non-convex loss (style, texture) a pair of negative curvature makes its
+inverse-Hessian estimate indefinite, and without a line search the next steps can climb. Measured on
+a VGG11 average-pooling style loss (`tests/test_style.py::test_lbfgs_average_pooling`, compiled at
+LLVM -O0): optax's first three stored pairs had `s . y < 0`, the loss jumped from 0.006 to 1.8e3 in
+one step, and after 30 steps 27 of 29 stored pairs were negative and the loss had not fallen; with
+torch's rule the estimate stays positive definite.
 """
 
 from typing import Any, NamedTuple

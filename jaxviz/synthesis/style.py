@@ -35,9 +35,9 @@ Options (defaults as neural-style unless said)
 ----------------------------------------------
 content layer relu4_2, style layers relu1_1..relu5_1 (per-layer weights `style_layer_weights`),
 weights 5 / 100 / 1e-3, L-BFGS (torch's, without line search, history 100:
-`jaxviz.synthesis.optimizers.lbfgs`, see `LBFGS_NOTE`) or Adam (lr 10), `style_scale` (style resized to `round(style_scale * long side)`
-long side; neural-style Lua uses ceil, -pt int), several style images blended with weights
-normalised to sum 1, init "random" / "content" / "style" / an image, max or average pooling,
+`jaxviz.synthesis.optimizers.lbfgs`, see `LBFGS_NOTE`) or Adam (lr 10), `style_scale` (style
+resized to `round(style_scale * long side)` long side; neural-style Lua uses ceil, -pt int),
+several style images blended with weights normalised to sum 1, init "random" / "content" / "style" / an image, max or average pooling,
 `normalize_gradients` (each loss term's gradient at its layer L1-normalised, then times its weight,
 as neural-style Lua `-normalize_gradients`), `original_colors` (luminance-only post-processing,
 neural-style's `-original_colors 1`, YUV as torch/image) and `match_colors` (Gatys' `match_color` of
@@ -108,8 +108,8 @@ LBFGS_NOTE = (
     "when s.y > 1e-10 ||s|| ||y|| (torch: s.y > 1e-10, which refuses every pair of a loss of small "
     "scale)): `jaxviz.synthesis.optimizers.lbfgs`, equal to torch.optim.LBFGS to float64 rounding "
     "(tests/test_optimizers.py). Not optax.lbfgs(linesearch=None), which keeps pairs of negative "
-    "curvature and can climb "
-    "on a style loss. 'lbfgs-linesearch' is optax.lbfgs(memory_size=100) with its zoom line search "
+    "curvature and can climb on a style loss. 'lbfgs-linesearch' is optax.lbfgs(memory_size=100) "
+    "with its zoom line search "
     "(more evaluations per step, monotone)."
 )
 

@@ -35,14 +35,14 @@ Options (defaults as neural-style unless said)
 ----------------------------------------------
 content layer relu4_2, style layers relu1_1..relu5_1 (per-layer weights `style_layer_weights`),
 weights 5 / 100 / 1e-3, L-BFGS (torch's, without line search, history 100:
-`jaxviz.synthesis.optimizers.lbfgs`, see `LBFGS_NOTE`) or Adam (lr 10), `style_scale` (style
-resized to `round(style_scale * long side)` long side; neural-style Lua uses ceil, -pt int),
-several style images blended with weights normalised to sum 1, init "random" / "content" / "style" / an image, max or average pooling,
-`normalize_gradients` (each loss term's gradient at its layer L1-normalised, then times its weight,
-as neural-style Lua `-normalize_gradients`), `original_colors` (luminance-only post-processing,
-neural-style's `-original_colors 1`, YUV as torch/image) and `match_colors` (Gatys' `match_color` of
-the style to the content before synthesis, "pca" / "chol" / "sym"), `convention` for the Gram
-normalisation (`jaxviz.synthesis.losses`; "neural-style" default).
+`jaxviz.synthesis.optimizers.lbfgs`, see `LBFGS_NOTE`) or Adam (lr 10), `style_scale` (style resized
+to `round(style_scale * long side)` long side; neural-style Lua uses ceil, -pt int), several style
+images blended with weights normalised to sum 1, init "random" / "content" / "style" / an image, max
+or average pooling, `normalize_gradients` (each loss term's gradient at its layer L1-normalised,
+then times its weight, as neural-style Lua `-normalize_gradients`), `original_colors`
+(luminance-only post-processing, neural-style's `-original_colors 1`, YUV as torch/image) and
+`match_colors` (Gatys' `match_color` of the style to the content before synthesis, "pca" / "chol" /
+"sym"), `convention` for the Gram normalisation (`jaxviz.synthesis.losses`; "neural-style" default).
 
 Multi-scale (`min_scale=`): style-transfer-pytorch's schedule, long sides
 `round(end / 2^(i/2))` while >= min_scale, bicubic resizing, each scale started from the previous

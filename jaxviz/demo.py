@@ -845,16 +845,27 @@ def _imagenet_synthesis(w: _Writer, params, arch: Optional[str], params_path: Op
         f"{arch} ({tag}) from noise (Gatys et al. 2015; bottom).",
     )
     with w.stage(f"neural style transfer of '{name}' with the brick texture as style ({net})"):
-        st = style.transfer(model, params, x, jnp.asarray(src[:1]), key=jax.random.key(0), steps=cfg.style_steps, init="content")
+        # Random weights: the style term starts ~1e9 times smaller than the TV term (4e-6 against 4.3e3 at
+        # 96 px), since neural-style's weights were set for ImageNet-trained features, so the defaults only
+        # smooth the image into one tone. neural-style's -normalize_gradients (each content/style layer's
+        # gradient scaled to unit L1 norm) makes the weights independent of the features' scale; TV,
+        # which that option leaves alone, is off.
+        random_opts = dict(normalize_gradients=True, tv_weight=0.0) if random else {}
+        st = style.transfer(model, params, x, jnp.asarray(src[:1]), key=jax.random.key(0), steps=cfg.style_steps,
+                            init="content", **random_opts)
     w.figure(
         plot.image_grid(np.concatenate([np.asarray(x), np.asarray(jax.image.resize(jnp.asarray(src[:1]), x.shape, "linear")),
                                         np.asarray(st.images)]), ncols=3,
                         titles=["content", "style", "result"], cell=2.4, title=f"{net}: neural style transfer"),
         f"{arch}_style_transfer.png",
-        f"Gatys et al.'s style transfer with neural-style's layers and weights ({tag})."
-        + (" With RANDOM weights the result is close to a flat image in one tone: matching a random network's Gram "
-           "matrices does not carry the style over here, and the content is lost (the same holds for fast_style.png); "
-           "with converted weights (`--params vgg16.npz`) this shows the style." if random else ""),
+        f"Gatys et al.'s style transfer with neural-style's layers and weights ({tag}), from the content image, "
+        f"{cfg.style_steps} L-BFGS steps."
+        + (" With RANDOM weights the style loss starts about 1e9 times smaller than neural-style's TV term, and its "
+           "default weights only blur the photo into one tone; this picture uses neural-style's -normalize_gradients "
+           "(each layer's gradient scaled to unit L1 norm) and no TV. The style's grey and its lines then come through "
+           "from a random network's Gram matrices (clearly in the full demo's 200 steps, faintly in --quick's 60); "
+           "with converted weights (`--params vgg16.npz`) the defaults apply "
+           "unchanged." if random else ""),
     )
 
 
@@ -918,8 +929,7 @@ def _fast_style(w: _Writer, params, arch: Optional[str], params_path: Optional[s
             f"'{names[0]}' (Johnson et al. 2016's perceptual loss: content relu2_2, Gram style relu1_2-relu3_3, "
             f"{loss_arch} with {tag}); then applied to 128 px photos in one forward pass. The last image is the style."
             + (" With RANDOM loss-network weights the network learns to match the random features' Gram matrices but does "
-               "not take on the style's colours (optimisation-based transfer through the same random network gives a "
-               "flat image too): the picture shows the training pipeline at work, not a style; with converted VGG16 "
+               "not take on the style's colours: the picture shows the training pipeline at work, not a style; with converted VGG16 "
                "weights (`--params vgg16.npz`) it shows the style." if random else ""),
         )
 

@@ -43,10 +43,12 @@ class LBFGSState(NamedTuple):
 
 
 def _vdot(a, b):
-    return sum(jnp.vdot(x, z).real for x, z in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return jnp.real(optax.tree_utils.tree_vdot(a, b))
 
 
 def _axpy(alpha, x, y):
+    # y + alpha x in y's dtype (optax's tree_add_scale, named tree_add_scalar_mul in optax 0.2.4, keeps
+    # the wider dtype of alpha).
     return jax.tree.map(lambda xi, yi: yi + alpha.astype(yi.dtype) * xi, x, y)
 
 

@@ -344,9 +344,11 @@ class Model:
 
         For the built-in models each stride-1 convolution gets its input gradient's kernel (flipped and
         transposed, `layers.backward_kernel`) computed here once instead of at every gradient: on
-        XLA's CPU backend those copies are about 14% of a VGG16 input gradient at 128 px and 6% at
-        224 px. `apply` on the result gives the same activations and the same input gradients
-        (reverse mode: `grad`, `vjp`; forward mode, `jvp`, is not defined through the custom VJP);
+        XLA's CPU backend those copies were about 14% of a VGG16 input gradient at 128 px and 6% at
+        224 px before the Winograd layers (which transform their kernels themselves); with them the
+        gain measured -2% to +2% (2026-12-01, benchmarks/README.md). `apply` on the result gives
+        the same activations and the same input gradients (reverse mode: `grad`, `vjp`; forward
+        mode, `jvp`, is not defined through the custom VJP);
         differentiating with respect to its weights raises a `ValueError` (train the original
         params). Models without `frozen_fn` (e.g. `from_flax`) return `params` unchanged. For the
         built-in models the kernels are computed by one jitted program (VGG16: 30-40 ms on two CPU

@@ -271,9 +271,10 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
       stride, padding: `(sh, sw)`, `(ph, pw)`, symmetric zero padding as in `torch.nn.Conv2d`.
       kernel_t: optional `backward_kernel(kernel)`, computed once for a network whose weights stay
         fixed (`Model.frozen`). Where `frozen_kernel_applies`, the input gradient then uses it instead
-        of flipping and transposing `kernel` at every call (XLA's CPU backend spends 14% of a VGG16
-        input gradient at 128 px on those copies); values and input gradients are identical, and
-        differentiating with respect to the kernel is refused. Ignored elsewhere.
+        of flipping and transposing `kernel` at every call (XLA's CPU backend spent 14% of a VGG16
+        input gradient at 128 px on those copies before the Winograd layers); values and input
+        gradients are identical, and differentiating with respect to the kernel is refused. Ignored
+        elsewhere.
       kernel_grad: how the derivative with respect to `kernel` is computed (training): `"xla"`,
         autodiff's convolution; `"shifts"`, one matrix product per kernel tap between the input
         values under that tap and the output gradient (where `shifted_kernel_grad_applies`; the

@@ -175,3 +175,72 @@ def test_vgg16_float32_activations_with_winograd_match_float64(monkeypatch):
         np.testing.assert_allclose(np.asarray(got[name]), want[name], rtol=0, atol=1e-5 * scale, err_msg=name)
         err, err_direct = (np.abs(np.asarray(a[name]) - want[name]).max() for a in (got, direct))
         assert err <= 4 * err_direct, (name, err, err_direct)
+
+
+def test_flipped_kernel_transform_is_a_tile_permutation():
+    """The input gradient reuses the forward transform: the flipped kernel's transform equals the
+    kernel's with tile rows and columns 0 and 3 swapped (float64 rounding)."""
+    with jax.enable_x64(True):
+        k = jnp.asarray(np.random.default_rng(3).normal(size=(3, 3, 4, 5)))
+        perm = np.array([3, 1, 2, 0])
+        np.testing.assert_allclose(layers.winograd_kernel(k, flipped=True), layers.winograd_kernel(k)[perm][:, perm],
+                                   rtol=1e-14, atol=1e-14)
+        # ... and is not a trivial identity: the unpermuted transform differs.
+        assert float(jnp.abs(layers.winograd_kernel(k, flipped=True) - layers.winograd_kernel(k)).max()) > 0.1
+
+
+@pytest.mark.parametrize("shape, cout", [((2, 8, 8, 3), 5), ((1, 7, 9, 4), 6), ((3, 1, 1, 2), 3)])
+def test_precomputed_winograd_kernel_equals_direct_float64(shape, cout):
+    """`conv2d(kernel_w=winograd_kernel(w))` (what `Model.frozen` adds): values and input gradients of
+    the direct convolution to float64 rounding; a kernel gradient is refused (the kernel is not read,
+    its derivative would silently be zero); a `kernel_w` of another shape is ignored."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(4)
+        x = jnp.asarray(rng.normal(size=shape))
+        w = jnp.asarray(rng.normal(size=(3, 3, shape[-1], cout)))
+        b = jnp.asarray(rng.normal(size=(cout,)))
+        w_w = layers.winograd_kernel(w)
+
+        def ours(x):
+            return jnp.sum(jnp.sin(layers.conv2d(x, w, b, padding=(1, 1), algorithm="winograd", kernel_w=w_w)))
+
+        def direct(x):
+            return jnp.sum(jnp.sin(_direct(x, w, b)))
+
+        np.testing.assert_allclose(ours(x), direct(x), rtol=1e-12)
+        np.testing.assert_allclose(jax.jit(jax.grad(ours))(x), jax.grad(direct)(x), rtol=1e-10, atol=1e-12)
+        with pytest.raises(ValueError, match="precomputed backward kernels"):
+            jax.grad(lambda k: jnp.sum(layers.conv2d(x, k, b, padding=(1, 1), algorithm="winograd", kernel_w=w_w)))(w)
+        with pytest.raises(ValueError, match="precomputed backward kernels"):
+            jax.grad(lambda u: jnp.sum(layers.conv2d(x, w, b, padding=(1, 1), algorithm="winograd", kernel_w=u)))(w_w)
+        other = jnp.zeros((4, 4, shape[-1], cout + 1))
+        np.testing.assert_array_equal(layers.conv2d(x, w, b, padding=(1, 1), algorithm="winograd", kernel_w=other),
+                                      layers.conv2d(x, w, b, padding=(1, 1), algorithm="winograd"))
+
+
+def test_frozen_vgg_carries_winograd_kernels_and_gives_the_same_gradients():
+    """`Model.frozen` on float32 VGG11 weights adds `kernel_w = winograd_kernel(kernel)` exactly to the
+    layers `winograd_applies` to (256+ channels in and out), and the network's activations and input
+    gradient at 32 and 64 px (conv5 maps of 2x2, direct, and 4x4, Winograd) equal the plain params'
+    to float32 rounding; training the frozen params is refused."""
+    model = models.get("vgg11")
+    params = {k: v for k, v in model.init(jax.random.key(0)).items() if k in model.trunk}
+    frozen = model.frozen(params)
+    convs = [s for s in model.layers if s.kind == "conv"]
+    with_w = [s.name for s in convs if "kernel_w" in frozen[s.name]]
+    assert with_w == [s.name for s in convs if min(params[s.name]["kernel"].shape[2:]) >= 256] and with_w
+    for name in with_w:
+        np.testing.assert_array_equal(frozen[name]["kernel_w"], layers.winograd_kernel(params[name]["kernel"]))
+    layer = model.trunk[-1]
+
+    def loss(p, images):
+        return jnp.sum(jnp.sin(model.apply(p, images, until=layer)[layer]))
+
+    value_and_input_grad = jax.jit(jax.value_and_grad(loss, 1))
+    for size in (32, 64):
+        x = jax.random.uniform(jax.random.key(size), (2, size, size, 3), jnp.float32)
+        (v_frozen, g_frozen), (v, g) = value_and_input_grad(frozen, x), value_and_input_grad(params, x)
+        np.testing.assert_allclose(v_frozen, v, rtol=1e-5)
+        np.testing.assert_allclose(g_frozen, g, rtol=1e-4, atol=1e-5 * float(jnp.abs(g).max()))
+    with pytest.raises(ValueError, match="precomputed backward kernels"):
+        jax.grad(loss)(frozen, x)

@@ -343,18 +343,18 @@ class Model:
         stay fixed (every synthesis technique, SmoothGrad, integrated gradients).
 
         For the built-in models each stride-1 convolution gets its input gradient's kernel (flipped and
-        transposed, `layers.backward_kernel`) computed here once instead of at every gradient: on
-        XLA's CPU backend those copies were about 14% of a VGG16 input gradient at 128 px and 6% at
-        224 px before the Winograd layers (which transform their kernels themselves); with them the
-        gain measured -2% to +2% (2026-12-01, benchmarks/README.md). `apply` on the result gives
-        the same activations and the same input gradients (reverse mode: `grad`, `vjp`; forward
-        mode, `jvp`, is not defined through the custom VJP);
-        differentiating with respect to its weights raises a `ValueError` (train the original
-        params). Models without `frozen_fn` (e.g. `from_flax`) return `params` unchanged. For the
-        built-in models the kernels are computed by one jitted program (VGG16: 30-40 ms on two CPU
-        cores); the other weights are passed through, not copied. Layers computed by Winograd
-        convolutions (`layers.winograd_applies`: float32 on the CPU, 256 or more channels) transform
-        the kernel themselves and do not read the stored copy.
+        transposed, `layers.backward_kernel`, key `kernel_t`) and each convolution that may take the
+        Winograd path (`layers.winograd_applies`: float32 on the CPU, 3x3, 256 or more channels) its
+        transformed kernel (`layers.winograd_kernel`, key `kernel_w`), computed here once instead of
+        at every call. On the 2-core AMD EPYC of benchmarks/README.md (2026-12-01) a VGG16 input
+        gradient of a class score took 140 against 171 ms at 64 px, 317 against 369 ms at 128 px and
+        576 against 568 ms at 224 px (batch 1, frozen against plain, median of 9 alternating); VGG16's
+        frozen params hold about 100 MB more than its params. `apply` on the result gives the same
+        activations and the same input gradients (reverse mode: `grad`, `vjp`; forward mode, `jvp`,
+        is not defined through the custom VJPs); differentiating with respect to its weights raises a
+        `ValueError` (train the original params). Models without `frozen_fn` (e.g. `from_flax`)
+        return `params` unchanged. For the built-in models the kernels are computed by one jitted
+        program; the other weights are passed through, not copied.
         """
         return params if self.frozen_fn is None else self.frozen_fn(params)
 

@@ -61,14 +61,22 @@ def apply_layers(specs: Sequence[LayerSpec], params, x, *, until=None, relu=jax.
 
 def frozen_params(specs: Sequence[LayerSpec], params) -> dict:
     """`params` with `"kernel_t": layers.backward_kernel(kernel)` added to every convolution whose input
-    gradient can use it (`layers.frozen_kernel_applies`); see `Model.frozen`."""
-    names = [spec.name for spec in specs if spec.kind == "conv" and spec.name in params
-             and L.frozen_kernel_applies(jnp.shape(params[spec.name]["kernel"]), spec.stride)]
+    gradient can use it (`layers.frozen_kernel_applies`), and `"kernel_w": layers.winograd_kernel(kernel)`
+    to every convolution that may take the Winograd path (`layers.winograd_applies` for any map size);
+    see `Model.frozen`."""
+    convs = [spec for spec in specs if spec.kind == "conv" and spec.name in params]
+    names = [spec.name for spec in convs if L.frozen_kernel_applies(jnp.shape(params[spec.name]["kernel"]), spec.stride)]
+    names_w = [spec.name for spec in convs
+               if L.winograd_applies(jnp.shape(params[spec.name]["kernel"]), spec.stride, spec.padding,
+                                     jnp.result_type(params[spec.name]["kernel"]))]
     # One compiled program for the kernels alone: the other weights are not touched (not copied).
-    kernels_t = _backward_kernels([params[name]["kernel"] for name in names])
+    kernels_t, kernels_w = _frozen_kernels([params[name]["kernel"] for name in names],
+                                           [params[name]["kernel"] for name in names_w])
     out = dict(params)
     for name, kernel_t in zip(names, kernels_t):
         out[name] = {**params[name], "kernel_t": kernel_t}
+    for name, kernel_w in zip(names_w, kernels_w):
+        out[name] = {**out[name], "kernel_w": kernel_w}
     return out
 
 
@@ -93,6 +101,8 @@ def restricted_params(specs: Sequence[LayerSpec], params, layer: str, channels) 
             new = dict(p, kernel=jnp.take(p["kernel"], channels, axis=-1), bias=jnp.take(p["bias"], channels, axis=0))
             if "kernel_t" in p:  # `frozen`: [kh, kw, C_out, C_in]
                 new["kernel_t"] = jnp.take(p["kernel_t"], channels, axis=2)
+            if "kernel_w" in p:  # `frozen`: [4, 4, C_in, C_out]
+                new["kernel_w"] = jnp.take(p["kernel_w"], channels, axis=3)
             changed[spec.name] = new
             return {**params, **changed}
         elif spec.kind not in _CHANNELWISE:
@@ -101,8 +111,8 @@ def restricted_params(specs: Sequence[LayerSpec], params, layer: str, channels) 
 
 
 @jax.jit
-def _backward_kernels(kernels):
-    return [L.backward_kernel(k) for k in kernels]
+def _frozen_kernels(kernels_t, kernels_w):
+    return [L.backward_kernel(k) for k in kernels_t], [L.winograd_kernel(k) for k in kernels_w]
 
 
 def _fan(shape):

@@ -110,14 +110,13 @@ def winograd_applies(kernel_shape, stride, padding, dtype, map_size=None) -> boo
 # sums of slices, XLA emitted loops that took 0.2 s per layer to compile, for the same run time).
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 _G16 = np.kron(_G, _G)
-_G16_FLIPPED = _G16[:, ::-1].copy()  # the same for the kernel flipped in both spatial axes
 
 
-def winograd_kernel(kernel, flipped=False):
-    """`G k G^T` for each (C_in, C_out) pair: `[3, 3, C_in, C_out]` -> `[4, 4, C_in, C_out]`; with
-    `flipped=True`, of the kernel flipped in both spatial axes (`k[::-1, ::-1]`, the input gradient's)."""
+def winograd_kernel(kernel):
+    """`G k G^T` for each (C_in, C_out) pair: `[3, 3, C_in, C_out]` -> `[4, 4, C_in, C_out]` (the input
+    gradient's flipped kernel needs no transform of its own: `_FLIP4`)."""
     _, _, c, d = kernel.shape
-    g = jnp.asarray(_G16_FLIPPED if flipped else _G16, kernel.dtype)
+    g = jnp.asarray(_G16, kernel.dtype)
     return jnp.matmul(g, kernel.reshape(9, c * d)).reshape(4, 4, c, d)
 
 
@@ -143,7 +142,7 @@ def _tile_terms():
 _OFFSETS, _SIGNS = _tile_terms()
 # Flipping a 3x3 kernel in both spatial axes permutes its transform's tile axes: G J = P G with J the
 # reversal of 3 taps and P the swap of rows 0 and 3 (rows 1 and 2 of G are palindromes), so
-# winograd_kernel(k, flipped=True)[a, b] = winograd_kernel(k)[_FLIP4[a], _FLIP4[b]].
+# winograd_kernel(k[::-1, ::-1])[a, b] = winograd_kernel(k)[_FLIP4[a], _FLIP4[b]].
 _FLIP4 = np.array([3, 1, 2, 0])
 _FLIP16 = (4 * _FLIP4[:, None] + _FLIP4[None, :]).reshape(16)
 _OFFSETS_FLIPPED, _SIGNS_FLIPPED = _OFFSETS[:, :, _FLIP16], _SIGNS[:, _FLIP16]
@@ -152,9 +151,8 @@ _OFFSETS_FLIPPED, _SIGNS_FLIPPED = _OFFSETS[:, :, _FLIP16], _SIGNS[:, _FLIP16]
 def _winograd_same(x, u, transpose=False, flipped=False):
     """3x3 "same" convolution (padding 1, stride 1) of `x` `[N, H, W, C]` with the transformed kernel
     `u = winograd_kernel(k)` `[4, 4, C, D]`; with `transpose=True`, `u` is `[4, 4, D, C]` and is
-    contracted over its last axis (the input gradient: `u = winograd_kernel(k, flipped=True)`, no
-    channel transpose needed). With `flipped=True` the convolution is with the spatially flipped
-    kernel, given `u = winograd_kernel(k)` of the kernel itself: the input tiles' transform is computed
+    contracted over its last axis (the input gradient, no channel transpose needed). With
+    `flipped=True` the convolution is with the spatially flipped kernel, given `u = winograd_kernel(k)` of the kernel itself: the input tiles' transform is computed
     in the permuted tile order (`_FLIP16`) and the products read back in it, so the flipped kernel's
     transform is never formed (the input gradient reuses the forward pass's, or `Model.frozen`'s).
     Odd sizes get one zero row / column more, cropped from the result.

@@ -222,13 +222,15 @@ def test_frozen_vgg_carries_winograd_kernels_and_gives_the_same_gradients():
     """`Model.frozen` on float32 VGG11 weights adds `kernel_w = winograd_kernel(kernel)` exactly to the
     layers `winograd_applies` to (256+ channels in and out), and the network's activations and input
     gradient at 32 and 64 px (conv5 maps of 2x2, direct, and 4x4, Winograd) equal the plain params'
-    to float32 rounding; training the frozen params is refused."""
+    to float32 rounding; training the frozen params is refused on both paths."""
     model = models.get("vgg11")
     params = {k: v for k, v in model.init(jax.random.key(0)).items() if k in model.trunk}
     frozen = model.frozen(params)
     convs = [s for s in model.layers if s.kind == "conv"]
     with_w = [s.name for s in convs if "kernel_w" in frozen[s.name]]
     assert with_w == [s.name for s in convs if min(params[s.name]["kernel"].shape[2:]) >= 256] and with_w
+    # One precomputed kernel per layer: the others' backward kernels, none beside a `kernel_w`.
+    assert [s.name for s in convs if "kernel_t" in frozen[s.name]] == [s.name for s in convs if s.name not in with_w]
     for name in with_w:
         np.testing.assert_array_equal(frozen[name]["kernel_w"], layers.winograd_kernel(params[name]["kernel"]))
     layer = model.trunk[-1]
@@ -242,5 +244,7 @@ def test_frozen_vgg_carries_winograd_kernels_and_gives_the_same_gradients():
         (v_frozen, g_frozen), (v, g) = value_and_input_grad(frozen, x), value_and_input_grad(params, x)
         np.testing.assert_allclose(v_frozen, v, rtol=1e-5)
         np.testing.assert_allclose(g_frozen, g, rtol=1e-4, atol=1e-5 * float(jnp.abs(g).max()))
-    with pytest.raises(ValueError, match="precomputed backward kernels"):
-        jax.grad(loss)(frozen, x)
+        # Training the frozen params is refused on both paths (at 32 px conv5 is direct and flips
+        # its kernel in the program).
+        with pytest.raises(ValueError, match="precomputed backward kernels"):
+            jax.grad(loss)(frozen, x)

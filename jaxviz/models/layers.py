@@ -315,7 +315,10 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
         pass and the input gradient use it instead of transforming `kernel` at every call (the
         transforms of VGG16's eight Winograd layers took 44 ms, both directions, against a 164-219 ms
         input gradient at 64 px batch 1 on the 2-core AMD EPYC); differentiating with respect to the
-        kernel is refused. Ignored elsewhere.
+        kernel is refused. Where such a layer takes the direct path instead (maps of one tile, or
+        images of another dtype) and `kernel_t` is not given, the input gradient flips `kernel` in
+        the program, and differentiating with respect to the kernel is refused there too. A
+        `kernel_w` of another shape is ignored.
       kernel_grad: how the derivative with respect to `kernel` is computed (training): `"xla"`,
         autodiff's convolution; `"shifts"`, one matrix product per kernel tap between the input
         values under that tap and the output gradient (where `shifted_kernel_grad_applies`; the
@@ -350,7 +353,8 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
         raise ValueError(f"kernel_grad must be one of {KERNEL_GRADS}; got {kernel_grad!r}")
     kernel = jnp.asarray(kernel, x.dtype)
     kh, kw, cin, _ = kernel.shape
-    frozen = kernel_t is not None and frozen_kernel_applies(kernel.shape, stride)
+    has_w = kernel_w is not None and tuple(kernel_w.shape) == (4, 4, cin, kernel.shape[3])
+    frozen = (kernel_t is not None or has_w) and frozen_kernel_applies(kernel.shape, stride)
     if kernel_grad == "auto":
         kernel_grad = "shifts" if jax.default_backend() == "cpu" else "xla"
     shifts = kernel_grad == "shifts" and not frozen and shifted_kernel_grad_applies(kernel.shape)
@@ -361,7 +365,7 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
     if algorithm == "winograd" or (
         algorithm == "auto" and not shifts and winograd_applies(kernel.shape, stride, padding, x.dtype, x.shape[1:3])
     ):
-        if kernel_w is not None and tuple(kernel_w.shape) == (4, 4, cin, kernel.shape[3]):
+        if has_w:
             return _conv_winograd_frozen(x, kernel, jnp.asarray(kernel_w, x.dtype)) + _as_channels(bias, x)
         return _conv_winograd(x, kernel, kernel_t is not None or kernel_w is not None) + _as_channels(bias, x)
     if _pads_channels(kernel.shape, stride):
@@ -372,7 +376,10 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
     if valid:
         pads = ((0, 1), (0, 1))
     if frozen:
-        y = _conv_frozen(x, kernel, jnp.asarray(kernel_t, x.dtype), pads)
+        # `Model.frozen` gives a Winograd layer only `kernel_w`; on the direct path its backward
+        # kernel is made here (and its weights still cannot be differentiated).
+        kernel_t = backward_kernel(kernel) if kernel_t is None else jnp.asarray(kernel_t, x.dtype)
+        y = _conv_frozen(x, kernel, kernel_t, pads)
     elif shifts:
         y = _conv_shifts(x, kernel, tuple(stride), pads)
     else:

@@ -149,8 +149,9 @@ def _convert(args) -> int:
 
 
 def _demo(args) -> int:
-    from jaxviz import demo
+    from jaxviz import demo, loops
 
+    loops.unroll_threefry_on_cpu()  # faster compiles, the same random numbers (see its docstring)
     start = time.time()
 
     def log(message: str) -> None:

@@ -27,12 +27,15 @@ except ImportError:  # numpy < 2
 _set_madvise_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
 import pytest  # noqa: E402
 
-from jaxviz import pretrained  # noqa: E402
+from jaxviz import loops, pretrained  # noqa: E402
 from jaxviz.synthesis import generator  # noqa: E402
 from torch_ref import release_memory  # noqa: E402
 
 # No silent broadcasting: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Threefry compiled without its rolled loop, as the `jaxviz` command does: bit-identical random
+# numbers (tests/test_loops.py), 15-25% less CPU time for the synthesis test files (benchmarks/README.md).
+assert loops.unroll_threefry_on_cpu()
 
 # The tests write `with jax.enable_x64(True):` (jax >= 0.7); older jax, down to the 0.4.30 that
 # pyproject.toml allows, has the same context manager in jax.experimental.

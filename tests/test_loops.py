@@ -89,3 +89,30 @@ def test_scan_mode_compiled_once_across_calls():
         consts, c0, xs = _args(seed)
         loops.scan(_step, (3.0,), consts, c0, xs, loop="scan")
     assert TRACES == []
+
+
+def _draws(key):
+    k1, k2 = jax.random.split(key)
+    return (jax.random.bits(k1, (5, 3)), jax.random.normal(k2, (1001,)), jax.random.randint(key, (7,), -3, 9),
+            jax.random.uniform(jax.random.fold_in(key, 3), (4, 2)), jax.random.choice(k1, 10, (3,), replace=False))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="changes the CPU lowering only")
+def test_unrolled_threefry_gives_the_same_random_numbers():
+    """`unroll_threefry_on_cpu` (which the test suite and the command line turn on) changes how the
+    hash is compiled (no while loop left in the program) and not one bit of what it draws, for typed
+    and raw keys; `enable=False` restores JAX's rolled loop."""
+    results, texts = {}, {}
+    try:
+        for enable in (False, True):
+            assert loops.unroll_threefry_on_cpu(enable)
+            for name, key in (("typed", jax.random.key(7)), ("raw", jax.random.PRNGKey(7))):
+                fresh = jax.jit(lambda k: _draws(k))  # a new function: traced and lowered again  # noqa: E731
+                texts[enable, name] = fresh.lower(key).as_text()
+                results[enable, name] = fresh(key)
+    finally:
+        loops.unroll_threefry_on_cpu(True)
+    for name in ("typed", "raw"):
+        assert "stablehlo.while" in texts[False, name] and "stablehlo.while" not in texts[True, name]
+        for a, b in zip(jax.tree_util.tree_leaves(results[False, name]), jax.tree_util.tree_leaves(results[True, name])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

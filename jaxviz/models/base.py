@@ -346,13 +346,14 @@ class Model:
         (`layers.winograd_applies`: float32 on the CPU, 3x3, 256 or more channels) gets its
         transformed kernel (`layers.winograd_kernel`, key `kernel_w`) and every other stride-1
         convolution its input gradient's kernel (flipped and transposed, `layers.backward_kernel`, key
-        `kernel_t`), computed here once instead of at every call. On the 2-core AMD EPYC of benchmarks/README.md (2026-12-01) a VGG16 input
-        gradient of a class score took 140 against 171 ms at 64 px, 317 against 369 ms at 128 px and
-        576 against 568 ms at 224 px (batch 1, frozen against plain, median of 9 alternating); VGG16's
-        frozen params hold about 100 MB more than its params (float32). `apply` on the result gives the same
-        activations and the same input gradients (reverse mode: `grad`, `vjp`; forward mode, `jvp`,
-        is not defined through the custom VJPs); differentiating with respect to its weights raises a
-        `ValueError` (train the original params). Models without `frozen_fn` (e.g. `from_flax`)
+        `kernel_t`), computed here once instead of at every call. On the 2-core AMD EPYC of
+        benchmarks/README.md (2026-12-01) a VGG16 input gradient of a class score took 140 against
+        171 ms at 64 px, 317 against 369 ms at 128 px and 576 against 568 ms at 224 px (batch 1, frozen
+        against plain, median of 9 alternating); VGG16's frozen params hold about 100 MB more than its
+        params (float32). `apply` on the result gives the same activations and the same input
+        gradients (reverse mode: `grad`, `vjp`; forward mode, `jvp`, is not defined through the custom
+        VJPs); differentiating with respect to its weights raises a `ValueError` (train the original
+        params). Models without `frozen_fn` (e.g. `from_flax`)
         return `params` unchanged. For the built-in models the kernels are computed by one jitted
         program; the other weights are passed through, not copied.
         """

@@ -148,16 +148,22 @@ def test_conv2d_algorithm_option_is_checked():
         layers.conv2d(x, w, b, padding=(2, 2), algorithm="winograd")
 
 
+def _he_normal_convs(model, rng):
+    """Float32 numpy weights of `model`'s convolutions only (no classifier): He-normal kernels, biases
+    0.01, drawn from `rng` layer by layer."""
+    return {name: {leaf: rng.normal(size=a.shape).astype(np.float32)
+                   * (np.sqrt(2 / np.prod(a.shape[:3])) if leaf == "kernel" else 0.01)
+                   for leaf, a in entry.items()}
+            for name, entry in model.param_shapes().items() if name.startswith("conv")}
+
+
 def test_vgg16_float32_activations_with_winograd_match_float64(monkeypatch):
     """VGG16's trunk in float32 on the CPU (conv3_2 to conv5_3 by Winograd) against float64 (direct):
     activations agree to 1e-5 of each layer's largest value, and within 4x of the direct float32
     trunk's own error."""
     model = models.get("vgg16")
     rng = np.random.default_rng(3)
-    shapes = model.param_shapes()
-    params = {name: {leaf: rng.normal(size=a.shape).astype(np.float32) * (np.sqrt(2 / np.prod(a.shape[:3])) if leaf == "kernel" else 0.01)
-                     for leaf, a in entry.items()}
-              for name, entry in shapes.items() if name.startswith("conv")}
+    params = _he_normal_convs(model, rng)
     x = rng.random((2, 72, 68, 3)).astype(np.float32)  # conv5 at 4x4: two or more tiles
     conv = lambda p: jax.tree.map(jnp.asarray, p)  # noqa: E731
     got = jax.jit(lambda p, v: model.apply(p, v, until="relu5_3"))(conv(params), jnp.asarray(x))
@@ -224,13 +230,9 @@ def test_frozen_vgg_carries_winograd_kernels_and_gives_the_same_gradients():
     gradient at 32 and 64 px (conv5 maps of 2x2, direct, and 4x4, Winograd) equal the plain params'
     to float32 rounding; training the frozen params is refused on both paths."""
     model = models.get("vgg11")
-    # The trunk's convolutions only, He-normal (drawing the classifier too, 124M numbers, only to drop
-    # them raised this test's peak memory by about 0.5 GB).
-    rng = np.random.default_rng(0)
-    params = {name: {leaf: jnp.asarray(rng.normal(size=a.shape).astype(np.float32)
-                                       * (np.sqrt(2 / np.prod(a.shape[:3])) if leaf == "kernel" else 0.01))
-                     for leaf, a in entry.items()}
-              for name, entry in model.param_shapes().items() if name in model.trunk}
+    # The trunk's convolutions only (drawing the classifier too, 124M numbers, only to drop them raised
+    # this test's peak memory by about 0.5 GB).
+    params = jax.tree.map(jnp.asarray, _he_normal_convs(model, np.random.default_rng(0)))
     frozen = model.frozen(params)
     convs = [s for s in model.layers if s.kind == "conv"]
     with_w = [s.name for s in convs if "kernel_w" in frozen[s.name]]

@@ -154,7 +154,8 @@ def _winograd_same(x, u, transpose=False, flipped=False):
     contracted over its last axis (the input gradient, no channel transpose needed). With
     `flipped=True` the convolution is with the spatially flipped kernel, given `u = winograd_kernel(k)`
     of the kernel itself: the input tiles' transform is computed in the permuted tile order
-    (`_FLIP16`) and the products read back in it, so the flipped kernel's transform is never formed (the input gradient reuses the forward pass's, or `Model.frozen`'s).
+    (`_FLIP16`) and the products read back in it, so the flipped kernel's transform is never formed
+    (the input gradient reuses the forward pass's, or `Model.frozen`'s).
     Odd sizes get one zero row / column more, cropped from the result.
 
     The input transform is four gathers of whole pixels (`C` contiguous values, indices computed in

@@ -3,13 +3,15 @@
 For each (size, batch): every distinct 3x3 layer shape of VGG16 (forward, and input gradient given the
 output gradient), `layers.conv2d(algorithm="direct")` against `algorithm="winograd"`; then VGG16's
 forward pass and its input gradient of class scores (what saliency computes), with `algorithm="auto"`
-(Winograd where `layers.winograd_applies`) against direct convolutions only (`layers.WINOGRAD_AUTO =
-False`, traced separately in the same process), with the time of each program's first call (tracing,
-compilation and one run). Random VGG16 weights, float32, jitted, params as arguments; medians of
-`--repeats` calls after a warm-up, the variants alternating call by call.
+(Winograd where `layers.winograd_applies`, at each `--min-pixels` value of `layers.WINOGRAD_MIN_PIXELS`)
+against direct convolutions only (`layers.WINOGRAD_AUTO = False`), each traced separately in the same
+process, with the time of each program's first call (tracing, compilation and one run). Random VGG16
+weights, float32, jitted, params as arguments; medians of `--repeats` calls after a warm-up, the
+variants alternating call by call.
 
     python benchmarks/winograd_bench.py                       # 224 px batch 1, 64 px batch 4 and 16
     python benchmarks/winograd_bench.py --configs 224x4 --no-layers
+    python benchmarks/winograd_bench.py --configs 64x1,128x4 --no-layers --frozen --min-pixels 5,100
 """
 
 from __future__ import annotations
@@ -66,38 +68,47 @@ def per_layer(size: int, batch: int, repeats: int) -> None:
               f"{t['dx direct']:10.1f} {t['dx winograd']:9.1f}  {'winograd' if auto else 'direct'}", flush=True)
 
 
-def whole(model, params, size: int, batch: int, repeats: int) -> None:
+def whole(model, params, size: int, batch: int, repeats: int, min_pixels, frozen: bool) -> None:
+    """VGG16's forward pass and input gradient with direct convolutions only and with `"auto"` at each
+    `layers.WINOGRAD_MIN_PIXELS` in `min_pixels` (each traced separately, read at trace time)."""
     x = jax.random.uniform(jax.random.key(1), (batch, size, size, 3), jnp.float32)
     t = jnp.arange(batch) % 1000
+    grad_params = model.frozen(params) if frozen else params
 
     def make():
         def score(p, v):
             return jnp.take_along_axis(model.apply(p, v)["fc8"], t[:, None], 1).sum()
         return jax.jit(lambda p, v: model.apply(p, v)["fc8"]), jax.jit(jax.grad(score, argnums=1))
 
-    def first_call(f):  # trace + compile + one run, in seconds
+    def first_call(f, p):  # trace + compile + one run, in seconds
         t0 = time.perf_counter()
-        jax.block_until_ready(f(params, x))
+        jax.block_until_ready(f(p, x))
         return time.perf_counter() - t0
 
-    saved = layers.WINOGRAD_AUTO
+    variants = {"direct": (False, layers.WINOGRAD_MIN_PIXELS)}
+    variants.update({f"min {m} px": (True, m) for m in min_pixels})
+    saved = layers.WINOGRAD_AUTO, layers.WINOGRAD_MIN_PIXELS
+    progs, first = {}, {}
     try:
-        layers.WINOGRAD_AUTO = False
-        fwd_d, grad_d = make()
-        first = {"fd": first_call(fwd_d), "gd": first_call(grad_d)}  # traced now, with direct convolutions
-        layers.WINOGRAD_AUTO = True
-        fwd_w, grad_w = make()
-        first.update(fw=first_call(fwd_w), gw=first_call(grad_w))
+        for name, (auto, m) in variants.items():
+            layers.WINOGRAD_AUTO, layers.WINOGRAD_MIN_PIXELS = auto, m
+            fwd, grad = make()
+            first[name] = first_call(fwd, params), first_call(grad, grad_params)
+            progs[name] = fwd, grad
     finally:
-        layers.WINOGRAD_AUTO = saved
-    gd, gw = grad_d(params, x), grad_w(params, x)
-    diff = float(jnp.abs(gd - gw).max() / jnp.abs(gd).max())
-    ms = medians({"fd": lambda: fwd_d(params, x), "fw": lambda: fwd_w(params, x),
-                  "gd": lambda: grad_d(params, x), "gw": lambda: grad_w(params, x)}, repeats)
-    print(f"VGG16 {size} px batch {batch}: forward {ms['fd']:.1f} -> {ms['fw']:.1f} ms ({ms['fd'] / ms['fw']:.2f}x), "
-          f"input gradient {ms['gd']:.1f} -> {ms['gw']:.1f} ms ({ms['gd'] / ms['gw']:.2f}x); "
-          f"gradients differ by {diff:.1e} of the largest; first call (trace, compile, run): forward "
-          f"{first['fd']:.2f} -> {first['fw']:.2f} s, input gradient {first['gd']:.2f} -> {first['gw']:.2f} s", flush=True)
+        layers.WINOGRAD_AUTO, layers.WINOGRAD_MIN_PIXELS = saved
+    gd = progs["direct"][1](grad_params, x)
+    fns = {}
+    for name, (fwd, grad) in progs.items():
+        fns[name, "fwd"] = lambda fwd=fwd: fwd(params, x)
+        fns[name, "grad"] = lambda grad=grad: grad(grad_params, x)
+    ms = medians(fns, repeats)
+    print(f"VGG16 {size} px batch {batch} ({'frozen' if frozen else 'plain'} params for the gradient):")
+    for name, (fwd, grad) in progs.items():
+        diff = float(jnp.abs(grad(grad_params, x) - gd).max() / jnp.abs(gd).max())
+        print(f"  {name:>14s}: forward {ms[name, 'fwd']:7.1f} ms, input gradient {ms[name, 'grad']:7.1f} ms "
+              f"(differs from direct by {diff:.1e} of the largest); first call (trace, compile, run): "
+              f"forward {first[name][0]:.2f} s, input gradient {first[name][1]:.2f} s", flush=True)
 
 
 def main(argv=None):
@@ -105,6 +116,10 @@ def main(argv=None):
     ap.add_argument("--configs", default="224x1,64x4,64x16", help="comma-separated SIZExBATCH")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--no-layers", action="store_true", help="only the whole-network timings")
+    ap.add_argument("--min-pixels", default=str(layers.WINOGRAD_MIN_PIXELS),
+                    help="comma-separated values of layers.WINOGRAD_MIN_PIXELS to compare (5: about the rule before "
+                         "2026-12-02, any map larger than one 2x2 tile)")
+    ap.add_argument("--frozen", action="store_true", help="input gradients with model.frozen(params)")
     args = ap.parse_args(argv)
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}); "
@@ -115,7 +130,7 @@ def main(argv=None):
         print(f"## {size} px, batch {batch}")
         if not args.no_layers:
             per_layer(size, batch, args.repeats)
-        whole(model, params, size, batch, args.repeats)
+        whole(model, params, size, batch, args.repeats, [int(m) for m in args.min_pixels.split(",")], args.frozen)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,9 @@ def test_winograd_equals_direct_convolution_float64(shape, cout):
 def test_auto_uses_winograd_for_wide_float32_layers_on_cpu(monkeypatch):
     """`algorithm="auto"` computes a 256 -> 256 channel 3x3 float32 layer on the CPU with Winograd (no
     convolution in the program, forward or input gradient) and agrees with the direct convolution to
-    float32 rounding; narrower layers, float64, other kernels, strides and paddings, and maps of one
-    2x2 tile stay direct, and
-    JAXVIZ_WINOGRAD=0 (`WINOGRAD_AUTO = False`) turns it off."""
+    float32 rounding; narrower layers, float64, other kernels, strides and paddings, maps of one 2x2
+    tile and maps under `WINOGRAD_MIN_PIXELS` pixels stay direct, and JAXVIZ_WINOGRAD=0
+    (`WINOGRAD_AUTO = False`) turns it off."""
     assert jax.default_backend() == "cpu"
     applies = layers.winograd_applies
     assert applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32)
@@ -105,9 +105,17 @@ def test_auto_uses_winograd_for_wide_float32_layers_on_cpu(monkeypatch):
     for f in (auto, direct):
         np.testing.assert_allclose(f(x), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
         np.testing.assert_allclose(input_grad(f)(x), ref_g, rtol=0, atol=2e-5 * np.abs(ref_g).max())
+    # WINOGRAD_MIN_PIXELS (0 by default) keeps smaller maps direct, read when a function is traced
+    # (a fresh function each time, since traces are cached per function).
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 30)
+    assert applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32, (6, 5))
+    assert not applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32, (5, 5))
+    assert applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32)  # no map size: may apply
+    assert _convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x) == 0
+    assert _convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x[:, :5]) == 1
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 0)
     monkeypatch.setattr(layers, "WINOGRAD_AUTO", False)
     assert not applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32)
-    # (read when a function is traced: a fresh function, since traces are cached per function)
     assert _convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x) == 1
 
 

@@ -71,12 +71,22 @@ _conv_frozen.defvjp(_conv_frozen_fwd, _conv_frozen_bwd, symbolic_zeros=True)
 # entries 0, +-1 and +-1/2: the kernel's is one matrix product, the input's signed sums of gathered pixels
 # and the output's sums of slices, each fused by XLA into one loop (`winograd_kernel`, `_winograd_same`).
 
-CONV_ALGORITHMS = ("auto", "direct", "winograd")
+CONV_ALGORITHMS = ("auto", "direct", "winograd", "im2col")
 
 # Switch for `algorithm="auto"`: JAXVIZ_WINOGRAD=0 in the environment (read at import) keeps every
 # convolution direct, e.g. to time both ways (benchmarks/captum_bench.py) or to rule it out.
 WINOGRAD_AUTO = os.environ.get("JAXVIZ_WINOGRAD", "1") != "0"
 WINOGRAD_MIN_CHANNELS = 256
+# Maps of fewer pixels (H * W) than this stay direct under "auto" (read at trace time). 0: any map
+# larger than one 2x2 tile. 100 (maps under 10x10 direct) was measured on 2026-12-02 and not adopted:
+# forward passes faster, input gradients slower (benchmarks/README.md, "Winograd on small maps").
+WINOGRAD_MIN_PIXELS = 0
+
+
+def _cpu_float32_same_3x3(kernel_shape, stride, padding, dtype) -> bool:
+    """The CPU backend, float32, a 3x3 kernel with stride 1 and padding 1 (where `conv2d`'s rewrites apply)."""
+    return (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and tuple(kernel_shape[:2]) == (3, 3)
+            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1))
 
 
 def winograd_applies(kernel_shape, stride, padding, dtype, map_size=None) -> bool:
@@ -87,22 +97,17 @@ def winograd_applies(kernel_shape, stride, padding, dtype, map_size=None) -> boo
     convolution for 256-512 channels on 4x4 to 56x56 maps (VGG16's conv3_2 to conv5_3 at 224 px batch
     1 and 64 px batch 4 and 16), and 1.2-2.7x slower for 64 -> 64 channels in every configuration and
     for 64-128 -> 128 channels at 112 px (batch 1) and 32 px (batch 16): its transforms are
-    memory-bound there. Maps of one 2x2
-    tile (`map_size` `(H, W)` of at most 2x2) stay direct: one tile per image makes the matrix products
-    one row high, which XLA's CPU backend computes as matrix-vector products that round differently
-    from the same row among others, so a batch of experiments would not reproduce one-by-one runs."""
-    kh, kw, cin, cout = kernel_shape
-    if map_size is not None and -(-map_size[0] // 2) * -(-map_size[1] // 2) < 2:
+    memory-bound there. Maps of one 2x2 tile (`map_size` `(H, W)` of at most 2x2) are left to
+    `im2col_applies` (or the direct convolution): one tile per image makes the matrix products one row high, which XLA's CPU backend computes as
+    matrix-vector products that round differently from the same row among others, so a batch of
+    experiments would not reproduce one-by-one runs. So do maps of fewer than `WINOGRAD_MIN_PIXELS`
+    pixels (0, none, unless changed)."""
+    cin, cout = kernel_shape[2:]
+    if map_size is not None and (-(-map_size[0] // 2) * -(-map_size[1] // 2) < 2
+                                 or map_size[0] * map_size[1] < WINOGRAD_MIN_PIXELS):
         return False
-    return (
-        WINOGRAD_AUTO
-        and jax.default_backend() == "cpu"
-        and jnp.dtype(dtype) == jnp.float32
-        and (kh, kw) == (3, 3)
-        and tuple(stride) == (1, 1)
-        and tuple(padding) == (1, 1)
-        and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
-    )
+    return (WINOGRAD_AUTO and _cpu_float32_same_3x3(kernel_shape, stride, padding, dtype)
+            and min(cin, cout) >= WINOGRAD_MIN_CHANNELS)
 
 
 # G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]; G k G^T for every channel pair at once is one
@@ -240,6 +245,100 @@ def _conv_winograd_frozen_bwd(res, g):
 _conv_winograd_frozen.defvjp(_conv_winograd_frozen_fwd, _conv_winograd_frozen_bwd, symbolic_zeros=True)
 
 
+# ----------------------------------------------------------------------------- im2col on tiny maps
+# XLA's CPU convolution is far off its fast path on maps of 2x2 or less (jax 0.10 on a 2-core AMD
+# EPYC, AVX-512, 2026-12-02, `benchmarks/tiny_maps_bench.py`: 512 -> 512 channels, 3x3, batch 8,
+# forward 77 ms on 2x2 maps against 4.4 ms on 3x3; with the input gradient 150 against 13 ms). There a
+# "same" 3x3 convolution is computed as one matrix product of the taps that read the map (im2col;
+# taps that read only zero padding are left out): 1.4 ms forward, 4.1 ms with the input gradient.
+# JAXVIZ_IM2COL=0 in the environment (read at import; `IM2COL_AUTO`, read at trace time) turns it off.
+IM2COL_AUTO = os.environ.get("JAXVIZ_IM2COL", "1") != "0"
+
+
+def im2col_applies(kernel_shape, stride, padding, dtype, map_size) -> bool:
+    """Whether `conv2d(algorithm="auto")` computes the convolution as one matrix product of its taps
+    (`algorithm="im2col"`): the CPU backend, float32, a 3x3 kernel with stride 1 and padding 1 on a
+    map `(H, W)` of at most 2x2 (the maps of one Winograd tile, which `winograd_applies` leaves
+    direct), where it was measured 1.0-55x faster than XLA's CPU convolution (forward, and forward
+    with the input gradient, batch 1 and 8, 64-512 channels; `benchmarks/README.md`, "Convolutions on
+    tiny maps")."""
+    return (IM2COL_AUTO and _cpu_float32_same_3x3(kernel_shape, stride, padding, dtype)
+            and map_size[0] <= 2 and map_size[1] <= 2)
+
+
+def _im2col_taps(map_size, kernel_size):
+    """The taps `(dy, dx)` of a stride-1 convolution with padding `(k - 1) // 2` (odd kernels) whose
+    window reads at least one pixel of an `(H, W)` map; the others only multiply zero padding."""
+    (h, w), (kh, kw) = map_size, kernel_size
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    # Tap (dy, dx) reads padded rows dy .. dy + h - 1; the map's rows are ph .. ph + h - 1.
+    return [(dy, dx) for dy in range(kh) for dx in range(kw)
+            if dy + h - 1 >= ph and dy <= ph + h - 1 and dx + w - 1 >= pw and dx <= pw + w - 1]
+
+
+def _im2col_windows(x, kernel_size, taps):
+    """`[N * H * W, len(taps) * C]`: the input under each tap, side by side."""
+    n, h, w, c = x.shape
+    ph, pw = (kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    return jnp.concatenate([xp[:, dy:dy + h, dx:dx + w] for dy, dx in taps], axis=-1).reshape(n * h * w, -1)
+
+
+def _im2col_kernel(kernel, taps):
+    """`[len(taps) * C_in, C_out]`: the kernel at `taps`, stacked (a reshape when every tap is used)."""
+    kh, kw, cin, cout = kernel.shape
+    if len(taps) == kh * kw:
+        return kernel.reshape(kh * kw * cin, cout)
+    return jnp.concatenate([kernel[dy, dx] for dy, dx in taps], axis=0)
+
+
+def _im2col_same(x, kernel):
+    """A stride-1 convolution with padding `(kh - 1) // 2` (odd kernels), as one matrix product of the
+    input windows `[N * H * W, taps * C_in]` with the kernel's taps `[taps * C_in, C_out]`."""
+    n, h, w, _ = x.shape
+    taps = _im2col_taps((h, w), kernel.shape[:2])
+    return (_im2col_windows(x, kernel.shape[:2], taps) @ _im2col_kernel(kernel, taps)).reshape(n, h, w, kernel.shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col(x, kernel, refuse_kernel_grad):
+    return _im2col_same(x, kernel)
+
+
+def _conv_im2col_fwd(x, kernel, refuse_kernel_grad):
+    if kernel.perturbed and refuse_kernel_grad:
+        raise ValueError(_FROZEN_KERNEL_GRAD)
+    x, kernel, need_x, need_k = x.value, kernel.value, x.perturbed, kernel.perturbed
+    n, h, w, _ = x.shape
+    taps = _im2col_taps((h, w), kernel.shape[:2])
+    cols = _im2col_windows(x, kernel.shape[:2], taps)
+    y = (cols @ _im2col_kernel(kernel, taps)).reshape(n, h, w, kernel.shape[3])
+    return y, (cols if need_k else None, kernel, need_x)
+
+
+def _conv_im2col_bwd(refuse_kernel_grad, res, g):
+    cols, kernel, need_x = res
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = g.shape
+    taps = _im2col_taps((h, w), (kh, kw))
+    g2 = g.reshape(n * h * w, cout)
+    dx = dk = None
+    if need_x:
+        # The windows are a linear function of the input: their transpose adds each tap's block of
+        # `g @ kernel^T` back where the tap read it.
+        to_cols = functools.partial(_im2col_windows, kernel_size=(kh, kw), taps=taps)
+        (dx,) = jax.linear_transpose(to_cols, jax.ShapeDtypeStruct((n, h, w, cin), g.dtype))(
+            g2 @ _im2col_kernel(kernel, taps).T)
+    if cols is not None:
+        per_tap = dict(zip(taps, (cols.T @ g2).reshape(len(taps), cin, cout)))
+        zero = jnp.zeros((cin, cout), kernel.dtype)
+        dk = jnp.stack([per_tap.get((dy, dx_), zero) for dy in range(kh) for dx_ in range(kw)]).reshape(kernel.shape)
+    return dx, dk
+
+
+_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd, symbolic_zeros=True)
+
+
 KERNEL_GRADS = ("xla", "shifts", "auto")
 
 
@@ -316,9 +415,10 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
         pass and the input gradient use it instead of transforming `kernel` at every call (the
         transforms of VGG16's eight Winograd layers took 44 ms, both directions, against a 164-219 ms
         input gradient at 64 px batch 1 on the 2-core AMD EPYC); differentiating with respect to the
-        kernel is refused. Where such a layer takes the direct path instead (maps of one tile, or
-        images of another dtype) and `kernel_t` is not given, the input gradient flips `kernel` in
-        the program, and differentiating with respect to the kernel is refused there too. A
+        kernel is refused. Where such a layer takes another path instead (im2col on maps of one tile,
+        the direct convolution for images of another dtype) and `kernel_t` is not given, the input
+        gradient uses `kernel` itself (flipped in the program on the direct path), and
+        differentiating with respect to the kernel is refused there too. A
         `kernel_w` of another shape is ignored.
       kernel_grad: how the derivative with respect to `kernel` is computed (training): `"xla"`,
         autodiff's convolution; `"shifts"`, one matrix product per kernel tap between the input
@@ -369,6 +469,14 @@ def conv2d(x, kernel, bias, *, stride=(1, 1), padding=(0, 0), kernel_t=None, ker
         if has_w:
             return _conv_winograd_frozen(x, kernel, jnp.asarray(kernel_w, x.dtype)) + _as_channels(bias, x)
         return _conv_winograd(x, kernel, kernel_t is not None or kernel_w is not None) + _as_channels(bias, x)
+    if algorithm == "im2col" and not (kh % 2 and kw % 2 and tuple(stride) == (1, 1)
+                                      and tuple(padding) == ((kh - 1) // 2, (kw - 1) // 2)):
+        raise ValueError(f"algorithm='im2col' needs an odd kernel, stride 1 and padding (kh - 1) // 2; got kernel "
+                         f"{kh}x{kw}, stride {tuple(stride)}, padding {tuple(padding)}")
+    if algorithm == "im2col" or (
+        algorithm == "auto" and not shifts and im2col_applies(kernel.shape, stride, padding, x.dtype, x.shape[1:3])
+    ):
+        return _conv_im2col(x, kernel, kernel_t is not None or kernel_w is not None) + _as_channels(bias, x)
     if _pads_channels(kernel.shape, stride):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 4 - cin)))
         kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 4 - cin), (0, 0)))

@@ -68,8 +68,9 @@ def frozen_params(specs: Sequence[LayerSpec], params) -> dict:
     names_w = [spec.name for spec in convs
                if L.winograd_applies(jnp.shape(params[spec.name]["kernel"]), spec.stride, spec.padding,
                                      jnp.result_type(params[spec.name]["kernel"]))]
-    # A layer with `kernel_w` gets no `kernel_t`: where it takes the direct path (maps of one tile,
-    # another dtype) `conv2d` flips its kernel in the program (VGG16 float32: 57 MB less to hold).
+    # A layer with `kernel_w` gets no `kernel_t`: where it takes another path (im2col on maps of one
+    # tile, the direct convolution for another dtype) `conv2d` uses its kernel as it is (VGG16 float32:
+    # 57 MB less to hold).
     names = [spec.name for spec in convs if spec.name not in names_w
              and L.frozen_kernel_applies(jnp.shape(params[spec.name]["kernel"]), spec.stride)]
     # One compiled program for the kernels alone: the other weights are not touched (not copied).

@@ -10,16 +10,13 @@ from jax import lax
 from jaxviz import models
 from jaxviz.models import layers
 
+from conv_helpers import count_convs, he_normal_convs
+
 DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _direct(x, w, b, pad):
     return lax.conv_general_dilated(x, w, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=DN) + b.reshape(1, 1, 1, -1)
-
-
-def _convs(fn, *args):
-    """How many convolutions the program of `fn(*args)` holds (nested jaxprs included)."""
-    return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated")
 
 
 @pytest.mark.parametrize(
@@ -83,8 +80,8 @@ def test_auto_uses_im2col_on_maps_of_at_most_2x2_on_cpu(monkeypatch):
     b = jnp.asarray(rng.normal(size=(32,)).astype(np.float32))
     auto = lambda v, q: layers.conv2d(v, q, b, padding=(1, 1))  # noqa: E731
     loss = lambda v, q: jnp.sum(jnp.sin(auto(v, q)))  # noqa: E731
-    assert _convs(auto, x, w) == 0 and _convs(jax.grad(loss, (0, 1)), x, w) == 0
-    assert _convs(auto, jnp.zeros((3, 3, 3, 64)), w) == 1  # 3x3 map, 64 channels: direct
+    assert count_convs(auto, x, w) == 0 and count_convs(jax.grad(loss, (0, 1)), x, w) == 0
+    assert count_convs(auto, jnp.zeros((3, 3, 3, 64)), w) == 1  # 3x3 map, 64 channels: direct
     with jax.enable_x64(True):
         x64, w64, b64 = (jnp.asarray(a, jnp.float64) for a in (x, w, b))
         ref = np.asarray(_direct(x64, w64, b64, 1))
@@ -99,7 +96,7 @@ def test_auto_uses_im2col_on_maps_of_at_most_2x2_on_cpu(monkeypatch):
     monkeypatch.setattr(layers, "IM2COL_AUTO", False)
     assert not applies((3, 3, 64, 64), (1, 1), (1, 1), jnp.float32, (2, 2))
     # (read when a function is traced: a fresh function, since traces are cached per function)
-    assert _convs(lambda v, q: layers.conv2d(v, q, b, padding=(1, 1)), x, w) == 1
+    assert count_convs(lambda v, q: layers.conv2d(v, q, b, padding=(1, 1)), x, w) == 1
 
 
 def test_im2col_with_frozen_params_refuses_kernel_gradients():
@@ -112,7 +109,7 @@ def test_im2col_with_frozen_params_refuses_kernel_gradients():
     plain = lambda v: jnp.sum(jnp.sin(layers.conv2d(v, w, b, padding=(1, 1))))  # noqa: E731
     for extra in ({"kernel_t": layers.backward_kernel(w)}, {"kernel_w": layers.winograd_kernel(w)}):
         frozen = lambda v: jnp.sum(jnp.sin(layers.conv2d(v, w, b, padding=(1, 1), **extra)))  # noqa: E731,B023
-        assert _convs(jax.grad(frozen), x) == 0
+        assert count_convs(jax.grad(frozen), x) == 0
         np.testing.assert_array_equal(jax.grad(frozen)(x), jax.grad(plain)(x))
         with pytest.raises(ValueError, match="precomputed backward kernels"):
             jax.grad(lambda k: jnp.sum(layers.conv2d(x, k, b, padding=(1, 1), **extra)))(w)  # noqa: B023
@@ -136,17 +133,14 @@ def test_vgg16_on_tiny_maps_matches_float64(monkeypatch):
     model = models.get("vgg16")
     rng = np.random.default_rng(5)
     # The trunk's convolutions only (He-normal kernels, biases 0.01): no classifier to draw.
-    params = {name: {leaf: jnp.asarray(rng.normal(size=a.shape).astype(np.float32)
-                                       * (np.sqrt(2 / np.prod(a.shape[:3])) if leaf == "kernel" else 0.01))
-                     for leaf, a in entry.items()}
-              for name, entry in model.param_shapes().items() if name.startswith("conv")}
+    params = jax.tree.map(jnp.asarray, he_normal_convs(model, rng))
     x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), jnp.float32)
     trunk = lambda p, v: model.apply(p, v, until="relu5_3")["relu5_3"]  # noqa: E731
     # 13 convolutions: conv3_2 to conv4_3 by Winograd, conv5_1 to conv5_3 (2x2 maps) by im2col.
-    assert _convs(trunk, params, x) == 5
+    assert count_convs(trunk, params, x) == 5
     with monkeypatch.context() as mp:
         mp.setattr(layers, "IM2COL_AUTO", False)
-        assert _convs(lambda p, v: model.apply(p, v, until="relu5_3")["relu5_3"], params, x) == 8
+        assert count_convs(lambda p, v: model.apply(p, v, until="relu5_3")["relu5_3"], params, x) == 8
     r = rng.normal(size=(2, 2, 2, 512))
 
     def smooth(p, v):

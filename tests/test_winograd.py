@@ -11,28 +11,13 @@ from jax import lax
 from jaxviz import models
 from jaxviz.models import layers
 
+from conv_helpers import count_convs, he_normal_convs
+
 DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _direct(x, w, b):
     return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN) + b.reshape(1, 1, 1, -1)
-
-
-def _count(jaxpr, name):
-    """How many `name` equations `jaxpr` holds, nested jaxprs (jit, custom_vjp) included."""
-    n = 0
-    for eqn in jaxpr.eqns:
-        n += eqn.primitive.name == name
-        for v in eqn.params.values():
-            for sub in v if isinstance(v, (tuple, list)) else (v,):
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    n += _count(sub, name)
-    return n
-
-
-def _convs(fn, *args):
-    return _count(jax.make_jaxpr(fn)(*args).jaxpr, "conv_general_dilated")
 
 
 @pytest.mark.parametrize(
@@ -96,8 +81,8 @@ def test_auto_uses_winograd_for_wide_float32_layers_on_cpu(monkeypatch):
     auto = lambda x: layers.conv2d(x, w, b, padding=(1, 1))  # noqa: E731
     direct = lambda x: layers.conv2d(x, w, b, padding=(1, 1), algorithm="direct")  # noqa: E731
     input_grad = lambda f: lambda x: jax.grad(lambda v: jnp.sum(jnp.sin(f(v))))(x)  # noqa: E731
-    assert _convs(auto, x) == 0 and _convs(input_grad(auto), x) == 0
-    assert _convs(direct, x) == 1 and _convs(input_grad(direct), x) == 2
+    assert count_convs(auto, x) == 0 and count_convs(input_grad(auto), x) == 0
+    assert count_convs(direct, x) == 1 and count_convs(input_grad(direct), x) == 2
     with jax.enable_x64(True):  # float64 reference
         ref = np.asarray(_direct(jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64), jnp.asarray(b, jnp.float64)))
         ref_g = np.asarray(input_grad(lambda v: _direct(v, jnp.asarray(w, jnp.float64), jnp.asarray(b, jnp.float64)))(
@@ -111,12 +96,12 @@ def test_auto_uses_winograd_for_wide_float32_layers_on_cpu(monkeypatch):
     assert applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32, (6, 5))
     assert not applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32, (5, 5))
     assert applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32)  # no map size: may apply
-    assert _convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x) == 0
-    assert _convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x[:, :5]) == 1
+    assert count_convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x) == 0
+    assert count_convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x[:, :5]) == 1
     monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 0)
     monkeypatch.setattr(layers, "WINOGRAD_AUTO", False)
     assert not applies((3, 3, 256, 256), (1, 1), (1, 1), jnp.float32)
-    assert _convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x) == 1
+    assert count_convs(lambda x: layers.conv2d(x, w, b, padding=(1, 1)), x) == 1
 
 
 def test_winograd_keeps_nan_in_its_image_and_frozen_params_refuse_training():
@@ -156,27 +141,18 @@ def test_conv2d_algorithm_option_is_checked():
         layers.conv2d(x, w, b, padding=(2, 2), algorithm="winograd")
 
 
-def _he_normal_convs(model, rng):
-    """Float32 numpy weights of `model`'s convolutions only (no classifier): He-normal kernels, biases
-    0.01, drawn from `rng` layer by layer."""
-    return {name: {leaf: rng.normal(size=a.shape).astype(np.float32)
-                   * (np.sqrt(2 / np.prod(a.shape[:3])) if leaf == "kernel" else 0.01)
-                   for leaf, a in entry.items()}
-            for name, entry in model.param_shapes().items() if name.startswith("conv")}
-
-
 def test_vgg16_float32_activations_with_winograd_match_float64(monkeypatch):
     """VGG16's trunk in float32 on the CPU (conv3_2 to conv5_3 by Winograd) against float64 (direct):
     activations agree to 1e-5 of each layer's largest value, and within 4x of the direct float32
     trunk's own error."""
     model = models.get("vgg16")
     rng = np.random.default_rng(3)
-    params = _he_normal_convs(model, rng)
+    params = he_normal_convs(model, rng)
     x = rng.random((2, 72, 68, 3)).astype(np.float32)  # conv5 at 4x4: two or more tiles
     conv = lambda p: jax.tree.map(jnp.asarray, p)  # noqa: E731
     got = jax.jit(lambda p, v: model.apply(p, v, until="relu5_3"))(conv(params), jnp.asarray(x))
     # 13 convolutions; the 8 with 256 or more channels in and out (conv3_2 to conv5_3, not conv3_1) by Winograd.
-    assert _convs(lambda p, v: model.apply(p, v, until="relu5_3"), conv(params), jnp.asarray(x)) == 5
+    assert count_convs(lambda p, v: model.apply(p, v, until="relu5_3"), conv(params), jnp.asarray(x)) == 5
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         want = jax.jit(lambda p, v: model.apply(p, v, until="relu5_3"))(p64, jnp.asarray(x, jnp.float64))
@@ -235,12 +211,12 @@ def test_precomputed_winograd_kernel_equals_direct_float64(shape, cout):
 def test_frozen_vgg_carries_winograd_kernels_and_gives_the_same_gradients():
     """`Model.frozen` on float32 VGG11 weights adds `kernel_w = winograd_kernel(kernel)` exactly to the
     layers `winograd_applies` to (256+ channels in and out), and the network's activations and input
-    gradient at 32 and 64 px (conv5 maps of 2x2, direct, and 4x4, Winograd) equal the plain params'
+    gradient at 32 and 64 px (conv5 maps of 2x2, im2col, and 4x4, Winograd) equal the plain params'
     to float32 rounding; training the frozen params is refused on both paths."""
     model = models.get("vgg11")
     # The trunk's convolutions only (drawing the classifier too, 124M numbers, only to drop them raised
     # this test's peak memory by about 0.5 GB).
-    params = jax.tree.map(jnp.asarray, _he_normal_convs(model, np.random.default_rng(0)))
+    params = jax.tree.map(jnp.asarray, he_normal_convs(model, np.random.default_rng(0)))
     frozen = model.frozen(params)
     convs = [s for s in model.layers if s.kind == "conv"]
     with_w = [s.name for s in convs if "kernel_w" in frozen[s.name]]
@@ -260,7 +236,7 @@ def test_frozen_vgg_carries_winograd_kernels_and_gives_the_same_gradients():
         (v_frozen, g_frozen), (v, g) = value_and_input_grad(frozen, x), value_and_input_grad(params, x)
         np.testing.assert_allclose(v_frozen, v, rtol=1e-5)
         np.testing.assert_allclose(g_frozen, g, rtol=1e-4, atol=1e-5 * float(jnp.abs(g).max()))
-        # Training the frozen params is refused on both paths (at 32 px conv5 is direct and flips
-        # its kernel in the program).
+        # Training the frozen params is refused on both paths (at 32 px conv5 takes im2col and
+        # reads its kernel as it is).
         with pytest.raises(ValueError, match="precomputed backward kernels"):
             jax.grad(loss)(frozen, x)

@@ -98,10 +98,10 @@ def winograd_applies(kernel_shape, stride, padding, dtype, map_size=None) -> boo
     1 and 64 px batch 4 and 16), and 1.2-2.7x slower for 64 -> 64 channels in every configuration and
     for 64-128 -> 128 channels at 112 px (batch 1) and 32 px (batch 16): its transforms are
     memory-bound there. Maps of one 2x2 tile (`map_size` `(H, W)` of at most 2x2) are left to
-    `im2col_applies` (or the direct convolution): one tile per image makes the matrix products one row high, which XLA's CPU backend computes as
-    matrix-vector products that round differently from the same row among others, so a batch of
-    experiments would not reproduce one-by-one runs. So do maps of fewer than `WINOGRAD_MIN_PIXELS`
-    pixels (0, none, unless changed)."""
+    `im2col_applies` (or the direct convolution): one tile per image makes the matrix products one
+    row high, which XLA's CPU backend computes as matrix-vector products that round differently from
+    the same row among others, so a batch of experiments would not reproduce one-by-one runs. So are
+    maps of fewer than `WINOGRAD_MIN_PIXELS` pixels (0, none, unless changed)."""
     cin, cout = kernel_shape[2:]
     if map_size is not None and (-(-map_size[0] // 2) * -(-map_size[1] // 2) < 2
                                  or map_size[0] * map_size[1] < WINOGRAD_MIN_PIXELS):
@@ -292,28 +292,26 @@ def _im2col_kernel(kernel, taps):
     return jnp.concatenate([kernel[dy, dx] for dy, dx in taps], axis=0)
 
 
-def _im2col_same(x, kernel):
+def _im2col(x, kernel):
     """A stride-1 convolution with padding `(kh - 1) // 2` (odd kernels), as one matrix product of the
-    input windows `[N * H * W, taps * C_in]` with the kernel's taps `[taps * C_in, C_out]`."""
+    input windows `[N * H * W, taps * C_in]` with the kernel's taps `[taps * C_in, C_out]`. Returns
+    the output and the windows."""
     n, h, w, _ = x.shape
     taps = _im2col_taps((h, w), kernel.shape[:2])
-    return (_im2col_windows(x, kernel.shape[:2], taps) @ _im2col_kernel(kernel, taps)).reshape(n, h, w, kernel.shape[3])
+    cols = _im2col_windows(x, kernel.shape[:2], taps)
+    return (cols @ _im2col_kernel(kernel, taps)).reshape(n, h, w, kernel.shape[3]), cols
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_im2col(x, kernel, refuse_kernel_grad):
-    return _im2col_same(x, kernel)
+    return _im2col(x, kernel)[0]
 
 
 def _conv_im2col_fwd(x, kernel, refuse_kernel_grad):
     if kernel.perturbed and refuse_kernel_grad:
         raise ValueError(_FROZEN_KERNEL_GRAD)
-    x, kernel, need_x, need_k = x.value, kernel.value, x.perturbed, kernel.perturbed
-    n, h, w, _ = x.shape
-    taps = _im2col_taps((h, w), kernel.shape[:2])
-    cols = _im2col_windows(x, kernel.shape[:2], taps)
-    y = (cols @ _im2col_kernel(kernel, taps)).reshape(n, h, w, kernel.shape[3])
-    return y, (cols if need_k else None, kernel, need_x)
+    y, cols = _im2col(x.value, kernel.value)
+    return y, (cols if kernel.perturbed else None, kernel.value, x.perturbed)
 
 
 def _conv_im2col_bwd(refuse_kernel_grad, res, g):

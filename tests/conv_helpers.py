@@ -1,25 +1,32 @@
-"""Helpers of the convolution-algorithm tests (`test_winograd.py`, `test_im2col.py`)."""
+"""Helpers of the tests that look at convolutions (`test_winograd.py`, `test_im2col.py`, `test_restrict.py`)."""
 
 import jax
 import numpy as np
 
 
-def _count(jaxpr, name):
-    """How many `name` equations `jaxpr` holds, nested jaxprs (jit, custom_vjp) included."""
-    n = 0
+def equations(jaxpr, name):
+    """The `name` equations of `jaxpr`, nested jaxprs (jit, custom_vjp, cond branches) included, in
+    program order."""
+    found = []
     for eqn in jaxpr.eqns:
-        n += eqn.primitive.name == name
+        if eqn.primitive.name == name:
+            found.append(eqn)
         for v in eqn.params.values():
             for sub in v if isinstance(v, (tuple, list)) else (v,):
                 sub = getattr(sub, "jaxpr", sub)
                 if hasattr(sub, "eqns"):
-                    n += _count(sub, name)
-    return n
+                    found += equations(sub, name)
+    return found
+
+
+def conv_equations(fn, *args):
+    """The XLA convolutions (`conv_general_dilated` equations) of the program of `fn(*args)`."""
+    return equations(jax.make_jaxpr(fn)(*args).jaxpr, "conv_general_dilated")
 
 
 def count_convs(fn, *args):
     """How many XLA convolutions the program of `fn(*args)` holds."""
-    return _count(jax.make_jaxpr(fn)(*args).jaxpr, "conv_general_dilated")
+    return len(conv_equations(fn, *args))
 
 
 def he_normal_convs(model, rng):

@@ -13,6 +13,7 @@ import pytest
 from jaxviz import models
 from jaxviz import objectives as O
 from jaxviz.synthesis import features
+from conv_helpers import conv_equations
 
 
 def _random_params(model, names, seed=0):
@@ -204,20 +205,7 @@ def test_restrict_traced_index_out_of_range_is_nan_for_its_image_only():
 
 def _conv_output_channels(fn, *args):
     """Output channel counts of every convolution in `fn`'s jaxpr (nested jaxprs included)."""
-    counts = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                counts.append(eqn.outvars[0].aval.shape[-1])
-            for v in eqn.params.values():
-                if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
-                    walk(v.jaxpr)
-                elif hasattr(v, "eqns"):
-                    walk(v)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return counts
+    return [eqn.outvars[0].aval.shape[-1] for eqn in conv_equations(fn, *args)]
 
 
 def test_feature_visualisation_loss_restricts_and_matches():

@@ -1004,9 +1004,10 @@ def nearest_neighbours(
       across chunks; among equal distances the lower index comes first.
 
     Non-finite values: concrete queries or database rows with NaN or inf are a `ValueError` naming
-    the rows. Traced ones (under `jit`/`vmap`) give NaN distances and index -1 (not a row: check
-    `isnan(distances)` before using the indices) for each non-finite query, and for every query
-    when any database row is non-finite.
+    the rows. Traced ones (under `jit`/`vmap`) give NaN distances and index -1 for each non-finite
+    query, and for every query when any database row is non-finite (faiss's "no result" index; it is
+    not a row, but `database[-1]`, and even `jnp.take(..., mode="fill")`, would silently read the
+    last one: check `isnan(distances)` before using the indices).
     """
     if metric not in ("l2", "cosine"):
         raise ValueError(f"metric must be 'l2' or 'cosine'; got {metric!r}")

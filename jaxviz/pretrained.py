@@ -2,7 +2,7 @@
 
     from jaxviz import models, pretrained
     model = models.get("digits")
-    params = pretrained.digits_params()     # trains once (about a minute on a small CPU), then cached
+    params = pretrained.digits_params()     # trains once (32-65 s on 2 idle CPU cores), then cached
 
 `digits_params` trains the digits network (`jaxviz.models.digits`) with the fixed recipe
 `DIGITS_RECIPE` on scikit-learn's digits (`jaxviz.data.load_digits`) and caches the params file in
@@ -145,8 +145,8 @@ def check_writable_folder(folder: str) -> None:
         io.ensure_writable_folder(folder)
     except OSError as e:
         raise type(e)(
-            f"the jaxviz cache folder {folder!r} is not writable ({e.strerror or e}); the digits network "
-            "would be trained and then lost. Pass cache_dir= a writable folder or set $JAXVIZ_CACHE."
+            f"the jaxviz cache folder {folder!r} is not writable ({e.strerror or e}), so a trained digits "
+            "network cannot be cached there. Pass cache_dir= a writable folder or set $JAXVIZ_CACHE."
         ) from e
 
 

@@ -51,6 +51,16 @@ def test_info_refuses_bad_sizes_before_any_work(value, capsys):
     assert str(cli.MAX_SIZE) in err or "whole number" in err
 
 
+@pytest.mark.parametrize("size, match", [((2**31, 2**31), "outside 1..65536"), ((2**62, 64), "outside 1..65536"),
+                                         ((0, 64), "outside"), ((64, 64.0), "whole pixels"), (64, "whole pixels"),
+                                         ((True, 64), "whole pixels"), ((64, 64, 3), "whole pixels")])
+def test_describe_refuses_bad_sizes_with_a_clear_error(size, match):
+    # The library call behind `jaxviz info`: the same bound as --size, a ValueError (not JAX's overflow).
+    assert models.base.MAX_IMAGE_SIZE == cli.MAX_SIZE
+    with pytest.raises(ValueError, match=match):
+        models.describe(models.get("vgg16"), None, size)
+
+
 def test_info_says_when_an_input_is_too_small(capsys):
     assert cli.main(["info", "vgg16", "--size", "16", "300"]) == 2
     err = capsys.readouterr().err

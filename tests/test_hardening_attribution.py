@@ -126,14 +126,17 @@ def test_traced_objective_indices(tiny):
 
 
 def test_traced_noise_and_fill(tiny):
-    """NaN or negative noise and NaN fill, traced: NaN maps. Concrete: a ValueError (below)."""
+    """NaN, infinite or negative noise and a non-finite fill, traced: NaN maps. Concrete: a ValueError
+    (below)."""
     model, params, x = tiny
     sg = jax.jit(lambda s: A.smoothgrad(model, params, x, 3, key=KEY, num_samples=2, noise=s))
     assert np.isfinite(np.asarray(sg(0.1))).all()
-    assert np.isnan(np.asarray(sg(jnp.nan))).all() and np.isnan(np.asarray(sg(-0.1))).all()
+    for s in (jnp.nan, jnp.inf, -0.1):
+        assert np.isnan(np.asarray(sg(s))).all(), s
     occ = jax.jit(lambda v: A.occlusion(model, params, x, 3, size=16, stride=16, fill=v))
     assert np.isfinite(np.asarray(occ(0.5))).all()
-    assert np.isnan(np.asarray(occ(jnp.nan))).all()
+    for v in (jnp.nan, jnp.inf, -jnp.inf):
+        assert np.isnan(np.asarray(occ(v))).all(), v
     assert np.isnan(np.asarray(occ(jnp.asarray([0.5, jnp.nan, 0.5])))).all()
 
 
@@ -210,10 +213,26 @@ def test_concrete_bad_images_are_refused(tiny, name, bad, match):
         ALL[name](model, params, bad(x), 3)
 
 
+@pytest.mark.parametrize("low, high, ok", [(0.0, 1.04, True), (-0.04, 1.0, True), (0.0, 1.06, False), (-0.06, 1.0, False),
+                                           (0.0, 1.0 + base.RANGE_TOLERANCE, True)])
+def test_range_tolerance_boundary_and_message(tiny, low, high, ok):
+    """Images may stray RANGE_TOLERANCE (0.05) outside [0, 1] (resampling overshoot), no further; the
+    message states the tolerance and the values found."""
+    model, params, x = tiny
+    y = x.at[0, 0, 0, 0].set(low).at[1, 0, 0, 0].set(high)
+    if ok:
+        assert np.isfinite(np.asarray(A.saliency(model, params, y, 3))).all()
+        return
+    for call in (lambda: A.saliency(model, params, y, 3), lambda: base.check_pixel_values(y)):
+        with pytest.raises(ValueError, match=r"\[0, 1\] \(tolerance 0\.05\); got min (-0\.06|0), max (1\.06|1)\b"):
+            call()
+
+
 @pytest.mark.parametrize(
     "call,match",
     [
         (lambda m, p, x: A.smoothgrad(m, p, x, 1, key=KEY, noise=float("nan")), "noise must be a finite number >= 0"),
+        (lambda m, p, x: A.smoothgrad(m, p, x, 1, key=KEY, noise=float("inf")), "noise must be a finite number >= 0"),
         (lambda m, p, x: A.smoothgrad(m, p, x, 1, key=KEY, noise=-0.1), "noise must be a finite number >= 0"),
         (lambda m, p, x: A.smoothgrad(m, p, x, 1, key=KEY, noise="big"), "noise must be a real number"),
         (lambda m, p, x: A.smoothgrad(m, p, x, 1, key=KEY, num_samples=0), "num_samples"),
@@ -223,6 +242,7 @@ def test_concrete_bad_images_are_refused(tiny, name, bad, match):
         (lambda m, p, x: A.integrated_gradients(m, p, x, 1, baseline=jnp.full((32, 32, 3), jnp.nan)), "baseline.*non-finite"),
         (lambda m, p, x: A.integrated_gradients(m, p, x, 1, steps=True), "steps"),
         (lambda m, p, x: A.occlusion(m, p, x, 1, fill=float("nan")), "fill must be finite"),
+        (lambda m, p, x: A.occlusion(m, p, x, 1, fill=float("-inf")), "fill must be finite"),
         (lambda m, p, x: A.occlusion(m, p, x, 1, fill=np.array([0.2, np.inf, 0.1])), "fill must be finite"),
         (lambda m, p, x: A.occlusion(m, p, x, 1, fill=255.0), r"fill must be finite and in \[0, 1\]"),
         (lambda m, p, x: A.occlusion(m, p, x, 1, fill="grey"), "fill must be 'mean'"),

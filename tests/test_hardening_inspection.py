@@ -110,26 +110,34 @@ def test_bad_parameters_and_filters_refused(digits):
 
 # --------------------------------------------------------------------------- 1. traced NaN propagates
 def test_traced_nan_images_give_nan_not_finite_answers(digits, images):
-    """Under jit nothing can be checked: a NaN pixel must reach every activation that depends on it
-    (through convolutions, ReLUs and max pooling), the features and the rankings."""
+    """Under jit nothing can be checked: a NaN or infinite pixel must give non-finite values in every
+    activation that depends on it (through convolutions, ReLUs and max pooling; an inf pixel stays
+    +-inf in the first convolution, which multiplies it by one weight at a time, and is NaN from the
+    first pooling on), and NaN features and rankings."""
     model, params = digits
-    x = images[:2].at[0, 5, 6, 1].set(jnp.nan)
     clean = images[1:2]
+    bad = [images[:2].at[0, 5, 6, 1].set(v) for v in (jnp.nan, jnp.inf, -jnp.inf)]
     # One layer of each kind behind each pooling stage (every trunk layer costs a compilation). The
     # parameters are arguments: closed over, XLA folds them as constants (twice the compile time).
     for layer in ("relu1_1", "pool1", "conv2_1", "relu2_2", "pool2", "relu3_2", "pool3"):
-        maps = jax.jit(lambda p, x, layer=layer: inspection.activation_maps(model, p, x, layer))(params, x)
-        assert bool(jnp.isnan(maps[0]).any()), f"{layer}: the NaN pixel vanished"
-        assert not bool(jnp.isnan(maps[1]).any()), f"{layer}: NaN leaked into another image"
-        np.testing.assert_allclose(maps[1:], inspection.activation_maps(model, params, clean, layer), rtol=1e-5, atol=1e-6)
-    feats = jax.jit(lambda p, x: inspection.features(model, p, x))(params, x)
-    assert bool(jnp.isnan(feats[0]).all()), "fc features of a NaN image must be NaN"
-    assert bool(jnp.isfinite(feats[1]).all())
-    _, values = jax.jit(lambda p, x: inspection.top_channels(model, p, x, "relu3_2", k=3))(params, x)
-    assert bool(jnp.isnan(values[0]).all()) and bool(jnp.isfinite(values[1]).all())
-    top = jax.jit(lambda p, x: inspection.max_activating_patches(model, p, x, "relu2_1", [0, 5], k=2))(params, x)
-    assert bool(jnp.isnan(top.values).all()) and bool(jnp.isnan(top.patches).all())
-    assert bool((top.image_index == -1).all())
+        fn = jax.jit(lambda p, x, layer=layer: inspection.activation_maps(model, p, x, layer))
+        for x in bad:
+            maps = fn(params, x)
+            assert not bool(jnp.isfinite(maps[0]).all()), f"{layer}: the bad pixel vanished"
+            assert bool(jnp.isfinite(maps[1]).all()), f"{layer}: it leaked into another image"
+            np.testing.assert_allclose(maps[1:], inspection.activation_maps(model, params, clean, layer), rtol=1e-5, atol=1e-6)
+    features = jax.jit(lambda p, x: inspection.features(model, p, x))
+    top_channels = jax.jit(lambda p, x: inspection.top_channels(model, p, x, "relu3_2", k=3))
+    patches = jax.jit(lambda p, x: inspection.max_activating_patches(model, p, x, "relu2_1", [0, 5], k=2))
+    for x in bad:
+        feats = features(params, x)
+        assert bool(jnp.isnan(feats[0]).all()), "fc features of a NaN image must be NaN"
+        assert bool(jnp.isfinite(feats[1]).all())
+        _, values = top_channels(params, x)
+        assert bool(jnp.isnan(values[0]).all()) and bool(jnp.isfinite(values[1]).all())
+        top = patches(params, x)
+        assert bool(jnp.isnan(top.values).all()) and bool(jnp.isnan(top.patches).all())
+        assert bool((top.image_index == -1).all())
 
 
 # --------------------------------------------------------------------------- 2. empty input

@@ -16,42 +16,48 @@ many random ink pixels instead. Stroke ratio: the map's share of mass on ink / t
 the area (1 = ignores the ink).
 
 Measured 2026-11-29 (digits recipe version 3: Adam 1e-3 with cosine decay, 6 epochs; x86_64, 2 CPUs,
-jax 0.10.2 CPU); trained seeds 0-4 | random keys 0-4 | criterion:
+jax 0.10.2 CPU); the random columns measured again on 2026-12-02 (AMD EPYC, 2 vCPUs), after
+`model.init` began drawing its weights in chunks (2026-11-30: other random networks for the same
+keys; the recipe's own training, seed 0, measured again that day, gave the numbers below to the
+last digit); trained seeds 0-4 | random keys 0-4 | criterion:
 
-  held-out accuracy            0.993 0.997 0.993 0.997 0.993 | 0.07-0.16
+  held-out accuracy            0.993 0.997 0.993 0.997 0.993 | 0.07-0.15
   deletion, drop of p(true):
-    saliency                   0.164 0.075 0.351 0.387 0.392 | <= 0.0005 | >= 0.03
-    guided backprop            0.405 0.105 0.709 0.633 0.644 | <= 0.0005 | >= 0.03
-    SmoothGrad                 0.187 0.100 0.398 0.422 0.378 | <= 0.0005 | >= 0.03
-    integrated gradients       0.886 0.931 0.878 0.976 0.941 | <= 0.0006 | >= 0.03, >= 2x ink
-    Grad-CAM relu3_2 (default) 0.142 0.306 0.366 0.142 0.114 | <= 0.0005 | >= 0.03
-    Grad-CAM relu1_2           0.311 0.523 0.508 0.331 0.322 | <= 0.0005 | >= 0.03, >= 2x ink
+    saliency                   0.164 0.075 0.351 0.387 0.392 | <= 0.0003 | >= 0.03
+    guided backprop            0.405 0.105 0.709 0.633 0.644 | <= 0.0001 | >= 0.03
+    SmoothGrad                 0.187 0.100 0.398 0.422 0.378 | <= 0.0001 | >= 0.03
+    integrated gradients       0.886 0.931 0.878 0.976 0.941 | <= 0.0009 | >= 0.03, >= 2x ink
+    Grad-CAM relu3_2 (default) 0.142 0.306 0.366 0.142 0.114 | <= 0.0001 | >= 0.03
+    Grad-CAM relu1_2           0.311 0.523 0.508 0.331 0.322 | <= 0.0001 | >= 0.03, >= 2x ink
     random ink (trained)       0.037 0.055 0.009 0.098 0.036 |           |
     (top / ink: IG 10-96, Grad-CAM relu1_2 3.4-56; saliency 1.4-39, guided backprop 1.9-78,
     SmoothGrad 1.8-44, Grad-CAM relu3_2 1.5-40: the last four not asserted against ink)
-  IG, positive share on ink    0.823 0.830 0.803 0.828 0.806 | 0.483-0.531 | >= 2/3
-  occlusion 8x8, largest drop  0.349 0.399 0.412 0.387 0.362 | <= 0.0004 | >= 0.1
+  IG, positive share on ink    0.823 0.830 0.803 0.828 0.806 | 0.465-0.510 | >= 2/3
+  occlusion 8x8, largest drop  0.349 0.399 0.412 0.387 0.362 | <= 0.0005 | >= 0.1
   5-NN in fc4, errors / pixels' (pixels: 0.970 of the neighbours share the label)
-                               0.289 0.333 0.333 0.289 0.511 | 1.178-1.533 | <= 0.75
+                               0.289 0.333 0.333 0.289 0.511 | 0.867-1.844 | <= 0.75
   t-SNE (300 steps), 5-NN label disagreement in 2-D / pixels' t-SNE's
-                               0.312 0.328 0.360 0.312 0.416 | 1.112-1.496 | <= 0.66
+                               0.312 0.328 0.360 0.312 0.416 | 0.888-1.704 | <= 0.66
   relu3_2 top-8 patches, label purity
-                               0.648 0.674 0.677 0.704 0.668 | 0.540-0.592 | >= 0.62
+                               0.648 0.674 0.677 0.704 0.668 | 0.551-0.598 | >= 0.62
   not separating, so not asserted:
-    stroke ratio, saliency     1.180 0.875 1.525 1.373 1.269 | 0.905-1.185
-    stroke ratio, SmoothGrad   1.197 0.871 1.529 1.392 1.294 | 0.960-1.165
-    stroke ratio, guided bp    1.457 1.056 1.921 1.684 1.529 | 1.008-1.662
-    stroke ratio, IG           2.329 2.167 2.593 2.541 2.415 | 2.190-2.317 (zero off the ink by
+    stroke ratio, saliency     1.180 0.875 1.525 1.373 1.269 | 0.974-1.416
+    stroke ratio, SmoothGrad   1.197 0.871 1.529 1.392 1.294 | 0.956-1.363
+    stroke ratio, guided bp    1.457 1.056 1.921 1.684 1.529 | 0.691-2.136
+    stroke ratio, IG           2.329 2.167 2.593 2.541 2.415 | 2.097-2.473 (zero off the ink by
                                                                construction, black baseline)
-    stroke ratio, Grad-CAM relu3_2  0.915 1.322 1.183 0.924 0.922 | 0.647-1.127
-    stroke ratio, Grad-CAM relu1_2  1.158 1.584 2.080 1.317 1.401 | 0.522-1.864
-    occlusion, top patch on the digit  0.94-1.00 | 0.50-0.94
-    t-SNE 5-NN accuracy in 2-D   0.973-0.983 | 0.919-0.953 (pixels 0.946)
-    top patches' mutual cosine vs random patches'  0.81-0.84 vs 0.30-0.31 | 0.76-0.81 vs 0.31
+    stroke ratio, Grad-CAM relu3_2  0.915 1.322 1.183 0.924 0.922 | 0.713-0.919
+    stroke ratio, Grad-CAM relu1_2  1.158 1.584 2.080 1.317 1.401 | 0.299-1.139
+    occlusion, top patch on the digit  0.94-1.00 | 0.44-1.00
+    t-SNE 5-NN accuracy in 2-D   0.973-0.983 | 0.892-0.970 (pixels 0.946)
+    top patches' mutual cosine vs random patches'  0.81-0.84 vs 0.30-0.31 | 0.74-0.81 vs 0.31
 
 A sixth training (seed 5), made after the thresholds were fixed, passed every criterion: deletion
 0.27-0.96 (relu1_2 Grad-CAM 4.5x ink, IG 16x), IG positive share 0.815, occlusion 0.347, 5-NN 0.444,
-t-SNE 0.416, purity 0.662 (accuracy 0.997, trained in 76 s on the shared 2-CPU machine).
+t-SNE 0.416, purity 0.662 (accuracy 0.997, trained in 76 s on the shared 2-CPU machine). With the
+random networks of 2026-12-02 every criterion still separates; the narrowest is the patch purity
+(best random 0.598, worst training 0.648, threshold 0.62); the 5-NN criterion's best random network
+is key 2 (0.867; the test uses key 0, 1.356).
 
 The earlier recipe (constant learning rate) gave, over the same five seeds, held-out accuracy 0.956
 to 0.993 (seed 3 below the 97% the project promises: hence the decaying rate), and Grad-CAM at

@@ -19,6 +19,7 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 from typing import Callable, Mapping, Optional
 
@@ -338,7 +339,11 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
     if _is_torchscript(_zip_names(path)):
         raise ConversionError(f"{path} is {_TORCHSCRIPT}.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's own notices while reading (deprecated quantized tensors and TypedStorage, slow
+            # sparse checks) would print lines before the one-line answer this module gives.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(\.|$)")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # RuntimeError, EOFError, UnpicklingError, KeyError, ...
         raise _classify_load_error(path, e) from e
     return _numpy_state_dict(obj, path)

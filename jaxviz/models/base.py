@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -30,6 +31,9 @@ Params = Any
 #: Layer kinds whose output is a spatial map `[N, h, w, C]`. All but "map" have a known geometry
 #: (kernel, stride, padding) from which receptive fields are computed.
 SPATIAL_KINDS = ("conv", "bn", "relu", "pool", "act", "map")
+# The largest height or width `describe` accepts (the `jaxviz info --size` bound): shapes only, but
+# 2**31 pixels overflow the int32 arithmetic of JAX's shape evaluation.
+MAX_IMAGE_SIZE = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,12 +465,25 @@ def spatial_shape(model: Model, layer: str, image_size: Sequence[int]) -> tuple[
     return h, w
 
 
+def _check_image_size(image_size) -> tuple[int, int]:
+    """`(height, width)` as ints, each in 1..MAX_IMAGE_SIZE, or a ValueError naming the problem."""
+    try:
+        size = tuple(image_size)
+    except TypeError:  # a single number
+        size = ()
+    if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
+        raise ValueError(f"image_size must be (height, width) in whole pixels; got {image_size!r}")
+    if not all(1 <= v <= MAX_IMAGE_SIZE for v in size):
+        raise ValueError(f"image_size {tuple(int(v) for v in size)} is outside 1..{MAX_IMAGE_SIZE} pixels per side")
+    return int(size[0]), int(size[1])
+
+
 def describe(model: Model, params: Optional[Params] = None, image_size: Optional[Sequence[int]] = None) -> list[dict]:
     """One dict per layer: `name`, `kind`, output `shape` (without the batch axis) for an input of
     `image_size` (default `model.input_size`), `receptive_field` and `rf_stride` for spatial layers of
     known geometry, and `params` (parameter count) when `params` is given. Nothing is computed: shapes
     come from `jax.eval_shape`."""
-    image_size = tuple(image_size or model.input_size)
+    image_size = _check_image_size(model.input_size if image_size is None else image_size)
     if params is None and model.init_fn is not None:
         params = model.param_shapes()
     shapes = {}

@@ -2,7 +2,7 @@
 
     from jaxviz import models, pretrained
     model = models.get("digits")
-    params = pretrained.digits_params()     # trained here once (about a minute on a small CPU), then cached
+    params = pretrained.digits_params()     # trained here once (32-65 s on 2 idle CPU cores), then cached
 
 Architecture: the VGG builder (`jaxviz.models.vgg`) with convs 32-32-M-64-64-M-128-128-M (3x3,
 padding 1), `avgpool` (4x4, the identity at 32x32 input), `fc4` (256) + `relu4`, `fc5` (10 class

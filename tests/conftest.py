@@ -59,14 +59,33 @@ def _scope(nodeid: str) -> str:
     return "memory-heavy" if os.path.splitext(os.path.basename(path))[0] in MEMORY_HEAVY else path
 
 
+# Seconds a unit of work took in a two-worker run (fresh clone, 2026-12-02 12:01, JAXVIZ_TEST_MEMLOG;
+# files under 20 s left out). The scheduler hands out the longest unit first, so that short files fill
+# the end and the two workers finish together: xdist's own order (most tests first) had left a 95 s
+# file of two tests for last, and one worker idle for 140 s. A stale or missing entry costs only
+# balance, never a test.
+SECONDS = {"memory-heavy": 967, "tests/test_readme.py": 95, "tests/test_restrict.py": 91,
+           "tests/test_features.py": 77, "tests/test_generator.py": 66, "tests/test_hardening_inspection.py": 58,
+           "tests/test_synthesis_engine.py": 54, "tests/test_hardening_attribution.py": 53,
+           "tests/test_synthesis_conformance.py": 51, "tests/test_winograd.py": 51, "tests/test_meaning.py": 49,
+           "tests/test_objectives.py": 49, "tests/test_dream_inversion.py": 44, "tests/test_style_losses.py": 42,
+           "tests/test_io_hardening.py": 36, "tests/test_inspection.py": 32, "tests/test_im2col.py": 30,
+           "tests/test_flax_techniques.py": 26, "tests/test_embedding.py": 25, "tests/test_synthesis_transforms.py": 23}
+
+
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's scheduler with `_scope` as the unit of work (xdist's `loadgroup` does not group
-    with pytest 9 here: its node-id suffix is lost)."""
+    with pytest 9 here: its node-id suffix is lost), handing out the longest unit first (`SECONDS`)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class _Scheduler(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             return _scope(nodeid)
+
+        def _assign_work_unit(self, node):
+            longest = max(self.workqueue, key=lambda scope: SECONDS.get(scope, 0))  # the first of equals
+            self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
 
     return _Scheduler(config, log)
 

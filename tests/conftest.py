@@ -62,7 +62,7 @@ def _scope(nodeid: str) -> str:
 # Seconds a unit of work took in a two-worker run (fresh clone, 2026-12-02 12:01, JAXVIZ_TEST_MEMLOG;
 # files under 20 s left out). The scheduler hands out the longest unit first, so that short files fill
 # the end and the two workers finish together: xdist's own order (most tests first) had left a 95 s
-# file of two tests for last, and one worker idle for 140 s. A stale or missing entry costs only
+# file of two tests for last, and one worker idle for its last ~110 s. A stale or missing entry costs only
 # balance, never a test.
 SECONDS = {"memory-heavy": 967, "tests/test_readme.py": 95, "tests/test_restrict.py": 91,
            "tests/test_features.py": 77, "tests/test_generator.py": 66, "tests/test_hardening_inspection.py": 58,

@@ -1,21 +1,33 @@
-"""Helpers of the tests that look at convolutions (`test_winograd.py`, `test_im2col.py`, `test_restrict.py`)."""
+"""Helpers of the tests that look inside programs (`test_winograd.py`, `test_im2col.py`, `test_restrict.py`,
+`test_readme.py`): jaxpr walking, convolution counts, random convolution weights."""
 
 import jax
 import numpy as np
 
 
+def eqn_jaxprs(eqn):
+    """The programs nested in one equation (jit, custom_vjp, cond branches, scan bodies): each as its
+    params hold it, a `ClosedJaxpr` (with its constants) or a `Jaxpr`."""
+    for v in eqn.params.values():
+        for sub in v if isinstance(v, (tuple, list)) else (v,):
+            if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+                yield sub
+
+
+def nested_jaxprs(jaxpr):
+    """The programs nested in `jaxpr`'s equations, one level down."""
+    for eqn in jaxpr.eqns:
+        yield from eqn_jaxprs(eqn)
+
+
 def equations(jaxpr, name):
-    """The `name` equations of `jaxpr`, nested jaxprs (jit, custom_vjp, cond branches) included, in
-    program order."""
+    """The `name` equations of `jaxpr`, nested jaxprs included, in program order (depth first)."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == name:
             found.append(eqn)
-        for v in eqn.params.values():
-            for sub in v if isinstance(v, (tuple, list)) else (v,):
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    found += equations(sub, name)
+        for sub in eqn_jaxprs(eqn):
+            found += equations(getattr(sub, "jaxpr", sub), name)
     return found
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from jaxviz import data, models
+from conv_helpers import nested_jaxprs
 from torch_ref import release_memory
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -63,19 +64,12 @@ BOUND_S = [100, 160, 80, 40]
 def _constant_bytes(fn, *args) -> int:
     """Bytes of the arrays baked into the program of `fn(*args)` as constants (nested jaxprs too)."""
 
-    def walk(jaxpr):
-        total = 0
-        for eqn in jaxpr.eqns:
-            for v in eqn.params.values():
-                for sub in v if isinstance(v, (tuple, list)) else (v,):
-                    if hasattr(sub, "consts"):
-                        total += sum(getattr(c, "nbytes", 0) for c in sub.consts) + walk(sub.jaxpr)
-                    elif hasattr(sub, "eqns"):
-                        total += walk(sub)
-        return total
+    def total(closed):
+        inner = getattr(closed, "jaxpr", closed)
+        return sum(getattr(c, "nbytes", 0) for c in getattr(closed, "consts", ())) + sum(
+            total(sub) for sub in nested_jaxprs(inner))
 
-    closed = jax.make_jaxpr(fn)(*args)
-    return sum(getattr(c, "nbytes", 0) for c in closed.consts) + walk(closed.jaxpr)
+    return total(jax.make_jaxpr(fn)(*args))
 
 
 def _closed_over_bytes(ns, classes) -> int:
